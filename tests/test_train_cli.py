@@ -1,17 +1,18 @@
 """End to end through `lamp-fid fit|validate|test|predict` on fake LaMP files with a tiny local T5."""
 
 import json
-from pathlib import Path
 
 import pytest
+import yaml
 
+from lamp_fid import paper
 from lamp_fid.cli import main
 from lamp_fid.data.fake import write_fake_split
+from lamp_fid.paper import CONFIGS_DIR
 from tests.tiny import build_tiny_t5
 
-CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").glob("*_lamp*.yaml")
-                 if not p.name.startswith("demo"))
-DEMO_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("demo_lamp*.yaml"))
+CONFIGS = sorted(p for p in CONFIGS_DIR.glob("*_lamp*.yaml") if not p.name.startswith("demo"))
+DEMO_CONFIGS = sorted(CONFIGS_DIR.glob("demo_lamp*.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +120,8 @@ def test_every_config_parses(config, capsys):
     expected = (["layout: separate", "demo_data: demo_runs/data"] if config.name.startswith("demo")
                 else ["model_name_or_path: google/flan-t5-base", "layout: official"])
     assert "task: LaMP_" in out and all(e in out for e in expected)
+    if not config.name.startswith("demo"):  # a task config resolves to the paper table's every setting
+        mode, task = config.stem.split("_")
+        resolved = paper.flatten(yaml.safe_load(out))
+        for key, value in paper.flatten(paper.settings(task, mode)).items():
+            assert paper.covers(resolved.get(key), value), (key, resolved.get(key), value)

@@ -7,15 +7,14 @@ one JSON file, a directory (searched recursively) or a zip; zips are read in mem
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Mapping
 
 from lamp_fid.errors import LaMPDataError, LaMPError
+from lamp_fid.io import atomic_write  # re-exported: the package's one atomic writer
 from lamp_fid.tasks import TASKS, Task, get_task
 
 OFFICIAL_NAMES = tuple(sorted({t.official_name for t in TASKS.values()}))
@@ -32,31 +31,6 @@ def predictions_json(task: str | Task, preds: Mapping[str, str]) -> str:
     if len({g["id"] for g in golds}) != len(golds):
         raise LaMPError("prediction ids are not distinct once written as strings")
     return json.dumps({"task": task.official_name, "golds": golds}, ensure_ascii=False, indent=1) + "\n"
-
-
-def atomic_write(path: str | Path, data: str | bytes, *, overwrite: bool = False) -> Path:
-    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``.
-
-    Refuses to replace an existing file unless ``overwrite``; creates missing parent folders.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise LaMPError(f"{path} is a directory, not a file name")
-    if path.exists() and not overwrite:
-        raise LaMPError(f"{path} already exists; pass overwrite=True (--overwrite true) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def write_predictions(path: str | Path, task: str | Task, preds: Mapping[str, str], *,

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +21,7 @@ import numpy as np
 
 from lamp_fid.data.example import Example
 from lamp_fid.errors import LaMPDataError, LaMPError
+from lamp_fid.io import atomic_open, check_target
 from lamp_fid.retrieval.base import DEFAULT_ENCODER, Retriever, RetrieverName, TieBreak, make_retriever
 from lamp_fid.tasks import get_task
 
@@ -80,7 +79,7 @@ class Rankings(Mapping):
 
     def save(self, path: str | Path) -> None:
         """Write atomically as ``.npz`` (ids, offsets, int32 positions, JSON metadata)."""
-        with _atomic(path, "wb") as f:
+        with atomic_open(path, "wb", overwrite=True) as f:
             np.savez(f, ids=np.asarray(self.ids, dtype=str), offsets=self.offsets,
                      positions=self.positions, meta=np.asarray(json.dumps(self.meta)))
 
@@ -88,31 +87,6 @@ class Rankings(Mapping):
     def load(cls, path: str | Path) -> "Rankings":
         with np.load(path, allow_pickle=False) as z:
             return cls(z["ids"].tolist(), z["offsets"], z["positions"], json.loads(str(z["meta"])))
-
-
-class _atomic:
-    """Open a temp file beside ``path``; on success, fsync and ``os.replace`` it onto ``path``."""
-
-    def __init__(self, path: str | Path, mode: str = "w"):
-        self.path, self.mode = Path(path), mode
-
-    def __enter__(self) -> IO:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        self.file = os.fdopen(fd, self.mode, **({} if "b" in self.mode else {"encoding": "utf-8"}))
-        return self.file
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                self.file.flush()
-                os.fsync(self.file.fileno())
-            self.file.close()
-            if exc_type is None:
-                os.replace(self.tmp, self.path)
-        finally:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
 
 
 def _source(store) -> str:
@@ -227,8 +201,8 @@ def rank(task: str, questions: Path, retriever: RetrieverName = "bm25", output: 
         raise LaMPError(str(err)) from None
     if k is not None and k < 0:
         raise LaMPError(f"k must be >= 0, got {k}")
-    if output is not None and Path(output).exists() and not overwrite:
-        raise LaMPError(f"{output} exists; pass --overwrite true to replace it")
+    if output is not None:
+        check_target(output, overwrite=overwrite)
     if not Path(questions).is_file():
         raise LaMPError(f"{questions}: no such file")
     store = _open_store(task, Path(questions), outputs, cache_dir, retriever)
@@ -238,6 +212,6 @@ def rank(task: str, questions: Path, retriever: RetrieverName = "bm25", output: 
         write_rankings_json(store, rankings, sys.stdout, k)
         sys.stdout.flush()
         return
-    with _atomic(output, "w") as f:
+    with atomic_open(output, "w", overwrite=overwrite) as f:
         write_rankings_json(store, rankings, f, k)
     print(f"wrote {len(rankings)} rankings to {output}", file=sys.stderr)

@@ -97,6 +97,28 @@ def _source(store) -> str:
     return "<questions>"
 
 
+def _mismatch(rankings: Rankings, store) -> str | None:
+    """Why ``rankings`` cannot be ``store``'s full rankings (None if they can): the same ids in the same
+    order, and each row a permutation of its profile's positions (when the store knows profile sizes)."""
+    if rankings.ids != list(store.ids):
+        return "its example ids are not the store's"
+    offsets, positions = rankings.offsets, rankings.positions
+    lengths = np.diff(offsets)
+    if offsets.shape != (len(store) + 1,) or offsets[0] != 0 or offsets[-1] != len(positions) or (lengths < 0).any():
+        return "its offsets are inconsistent"
+    sizes = getattr(store, "profile_sizes", None)
+    if sizes is None:
+        return None if (positions >= 0).all() else "it holds negative positions"
+    if not np.array_equal(lengths, sizes):
+        return "its rankings do not have the profiles' lengths"
+    # every row a permutation of range(len(profile)): each flat slot start + position hit exactly once
+    row_start = np.repeat(offsets[:-1], lengths)
+    if ((positions < 0) | (positions >= np.repeat(lengths, lengths))).any() or \
+            (np.bincount(row_start + positions, minlength=len(positions)) != 1).any():
+        return "a ranking is not a permutation of its profile"
+    return None
+
+
 def cache_key(store, retriever: Retriever) -> dict[str, Any]:
     """Everything the rankings depend on: file content, task, retriever and its settings."""
     return {"format": FORMAT, "fingerprint": store.fingerprint, "task": store.task.name,
@@ -133,10 +155,13 @@ def get_rankings(store, retriever: str = "bm25", *, cache_dir: str | Path | None
     if path.exists():
         try:
             cached = Rankings.load(path)
-            if cached.meta == key and len(cached) == len(store):
-                return cached
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-            pass  # unreadable (e.g. written by another version): rank again and replace it
+            problem = "made for other settings" if cached.meta != key else _mismatch(cached, store)
+        except (OSError, ValueError, KeyError, TypeError, EOFError, LaMPError, zipfile.BadZipFile) as err:
+            problem = f"unreadable ({type(err).__name__}: {err})"
+        if problem is None:
+            return cached
+        print(f"lamp-fid: warning: the ranking cache {path} is not usable ({problem}): ranking again",
+              file=sys.stderr)
     rankings = Rankings.from_items(r.rank_all(iter(store), total=len(store), progress=progress), meta=key)
     rankings.save(path)
     return rankings

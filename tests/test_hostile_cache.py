@@ -262,3 +262,48 @@ def test_nan_and_infinity_literals_are_refused(tmp_path, literal):
     (folder / "metrics.json").write_text('{"loss": NaN}')  # not an outputs file: still skipped
     with pytest.raises(LaMPDataError, match="not valid JSON"):
         outputs_by_task(folder)
+
+
+def test_a_full_disk_during_download_is_one_line_and_not_retried(tmp_path, monkeypatch):
+    from lamp_fid.data import download as dl
+
+    calls = []
+
+    class Response:
+        status, headers, body = 200, {"Content-Length": "4"}, [b"[{}]"]
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self, n):
+            return self.body.pop() if self.body else b""
+
+    def urlopen(request, timeout):
+        calls.append(request.full_url)
+        return Response()
+
+    class FullFile:
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(dl.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(dl, "open", FullFile, raising=False)
+    monkeypatch.setattr(dl, "BACKOFF_S", 0.001)
+    with pytest.raises(LaMPError, match=r"cannot write .*dev_questions.json.part: No space left on device$"):
+        dl.download("LaMP_2", "dev", data_dir=tmp_path / "data", base_url="http://example.invalid/", retries=3)
+    assert len(calls) == 1  # a full disk is not a network hiccup

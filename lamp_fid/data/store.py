@@ -52,7 +52,8 @@ _FILES = ("records.jsonl", "offsets.npy", "sizes.npy", "ids.json", "outputs.json
 
 
 def _memo_path(path: Path, cache_dir: str | Path) -> Path:
-    return Path(cache_dir) / "fingerprints" / (hashlib.blake2b(str(path).encode(), digest_size=16).hexdigest() + ".json")
+    name = hashlib.blake2b(str(path).encode(), digest_size=16).hexdigest()
+    return Path(cache_dir) / "fingerprints" / f"{name}.json"
 
 
 def _stat_key(path: Path, st: os.stat_result) -> dict:
@@ -109,8 +110,8 @@ def _lock(path: Path, wait: bool = True):
     Without ``wait``, yields False at once if another process holds it."""
     try:
         import fcntl
-    except ImportError:  # pragma: no cover
-        yield True
+    except ImportError:  # pragma: no cover - no lock to take; never conclude that another is free
+        yield wait
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:

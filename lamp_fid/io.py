@@ -59,8 +59,6 @@ def check_target(path: str | Path, *, overwrite: bool = False) -> Path:
 def _reason(err: OSError) -> str:
     if err.errno == errno.ENOTDIR:
         return "a file stands where a folder is needed"
-    if err.errno == errno.EEXIST and err.filename is not None:
-        return f"{err.filename} is a file, not a folder"
     return err.strerror or str(err)
 
 
@@ -75,7 +73,9 @@ def make_folder(folder: str | Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise LaMPError(f"cannot create the folder {folder}: {_reason(err)}") from None
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker is not None else _reason(err)
+        raise LaMPError(f"cannot create the folder {folder}: {reason}") from None
     return folder
 
 

@@ -115,6 +115,32 @@ def test_a_killed_builds_temp_folder_is_removed(tmp_path, split):
     assert not dead.exists()
 
 
+def test_a_file_given_as_cache_dir_is_one_line(tmp_path, split, capsys):
+    q, _ = split
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file")
+    with pytest.raises(SystemExit) as err:
+        main(["rank", "--task", "LaMP_3", "--questions", str(q), "--cache_dir", str(not_a_folder)])
+    msg = capsys.readouterr().err
+    assert err.value.code == 1 and msg.count("\n") == 1 and f"{not_a_folder} is a file, not a folder" in msg
+
+
+def test_a_full_disk_while_building_a_store_is_one_line_and_leaves_nothing(tmp_path, split, monkeypatch):
+    from lamp_fid.data import store as store_mod
+
+    q, o = split
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(store_mod.np, "save", full)
+    with pytest.raises(LaMPError, match=r"cannot write .*stores/LaMP_3-[0-9a-f]+: No space left on device$"):
+        LaMPStore.open("LaMP_3", q, o, cache_dir=tmp_path / "c", progress=False)
+    assert [p.name for p in (tmp_path / "c" / "stores").iterdir() if not p.name.endswith(".lock")] == []
+    monkeypatch.undo()
+    assert content(LaMPStore.open("LaMP_3", q, o, cache_dir=tmp_path / "c", progress=False)) == expected(q, o)
+
+
 # --- the ranking cache --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("damage", ["position out of range", "repeated position", "other ids", "short row"])

@@ -4,7 +4,10 @@ A cache file holds one retriever's full rankings of one LaMP questions file: exa
 into ``example.profile``, best first (so the top k for any k is a prefix). It is keyed by the file's
 content fingerprint, the task, the retriever and every setting that changes its result (``use_date``,
 ``tie_break``, the encoder, the seed); not by k, batch size or device. Files are ``.npz`` (one flat
-int32 array of positions + offsets + ids), written atomically. Also the ``lamp-fid rank`` command.
+int32 array of positions + offsets + ids), written atomically. A cache file is checked against the
+store each time it is read (the same ids in the same order, each ranking a permutation of its
+profile's positions); an unreadable or inconsistent one is ranked again, with one warning line.
+Also the ``lamp-fid rank`` command.
 """
 
 from __future__ import annotations

@@ -2,23 +2,29 @@
 
 Gold outputs files have the same format, so everything here reads both. A "source" of such files is
 one JSON file, a directory (searched recursively) or a zip; zips are read in memory, never extracted.
+Hostile files get one line each: ``NaN``/``Infinity`` literals (not JSON), nesting too deep for the
+parser, a truncated or corrupt zip, and zip members bigger than :data:`MAX_MEMBER_BYTES` uncompressed
+(checked in the zip's directory and again while reading, since the directory can lie).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Mapping
 
 from lamp_fid.errors import LaMPDataError, LaMPError
+from lamp_fid.io import atomic_write  # re-exported: the package's one atomic writer
 from lamp_fid.tasks import TASKS, Task, get_task
 
 OFFICIAL_NAMES = tuple(sorted({t.official_name for t in TASKS.values()}))
+MAX_MEMBER_BYTES = 64 << 20  #: cap on one zip member, uncompressed (official outputs files are a few MB)
+MAX_ZIP_BYTES = 256 << 20  #: cap on all the outputs files read from one zip, uncompressed
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
 
 
 def predictions_json(task: str | Task, preds: Mapping[str, str]) -> str:
@@ -34,31 +40,6 @@ def predictions_json(task: str | Task, preds: Mapping[str, str]) -> str:
     return json.dumps({"task": task.official_name, "golds": golds}, ensure_ascii=False, indent=1) + "\n"
 
 
-def atomic_write(path: str | Path, data: str | bytes, *, overwrite: bool = False) -> Path:
-    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``.
-
-    Refuses to replace an existing file unless ``overwrite``; creates missing parent folders.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise LaMPError(f"{path} is a directory, not a file name")
-    if path.exists() and not overwrite:
-        raise LaMPError(f"{path} already exists; pass overwrite=True (--overwrite true) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def write_predictions(path: str | Path, task: str | Task, preds: Mapping[str, str], *,
                       overwrite: bool = False) -> Path:
     """Write ``preds`` (``{example id: output}``) for ``task`` in the official format, atomically.
@@ -69,22 +50,62 @@ def write_predictions(path: str | Path, task: str | Task, preds: Mapping[str, st
     return atomic_write(path, predictions_json(task, preds), overwrite=overwrite)
 
 
-def _load_json(data: str | bytes, where: str | Path):
+class _Literal(str):
+    """A ``NaN``/``Infinity``/``-Infinity`` literal met while parsing (Python's json accepts them)."""
+
+
+def _load_json(data: str | bytes, where: str | Path) -> tuple[object, bool]:
+    """Parse JSON text; returns the value and whether it holds a non-JSON literal (left as a
+    :class:`_Literal`, so that :func:`_validate` can name the record and field)."""
+    seen = []
+
+    def literal(name: str) -> _Literal:
+        seen.append(name)
+        return _Literal(name)
+
     try:
-        return json.loads(data)
+        return json.loads(data, parse_constant=literal), bool(seen)
     except json.JSONDecodeError as err:
         raise LaMPDataError(where, f"not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
     except UnicodeDecodeError:
         raise LaMPDataError(where, "not UTF-8 text") from None
+    except RecursionError:
+        raise LaMPDataError(where, "JSON nested too deeply to be a LaMP file") from None
+
+
+def _reject_literals(obj: dict, where: str | Path) -> None:
+    """Raise naming the first NaN/Infinity literal in ``obj``: its record id (in ``golds``) and field."""
+    golds = obj.get("golds") if isinstance(obj.get("golds"), list) else []
+    roots = [(None, key, value) for key, value in obj.items() if key != "golds"]
+    for i, rec in enumerate(golds):
+        rid = rec.get("id") if isinstance(rec, dict) else None
+        rid = str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, (bool, _Literal)) else None
+        if isinstance(rec, dict):
+            roots += [(rid, key, value) for key, value in rec.items()]
+        else:
+            roots.append((rid, f"golds[{i}]", rec))
+    for rid, field, value in roots:
+        stack = [(field, value)]
+        while stack:
+            path, value = stack.pop()
+            if isinstance(value, _Literal):
+                raise LaMPDataError(where, f"{value} is not valid JSON (write a number or a string)",
+                                    record_id=rid, field=path)
+            if isinstance(value, dict):
+                stack += [(f"{path}.{k}", v) for k, v in value.items()]
+            elif isinstance(value, list):
+                stack += [(f"{path}[{j}]", v) for j, v in enumerate(value)]
 
 
 def parse_predictions(data: str | bytes, where: str | Path, task: str | Task | None = None
                       ) -> tuple[str, dict[str, str]]:
     """Parse official-format JSON text; ``where`` names the file in errors. See :func:`read_predictions`."""
-    return _validate(_load_json(data, where), where, task)
+    return _validate(*_load_json(data, where), where, task)
 
 
-def _validate(obj, where: str | Path, task: str | Task | None = None) -> tuple[str, dict[str, str]]:
+def _validate(obj, literals: bool, where: str | Path, task: str | Task | None = None) -> tuple[str, dict[str, str]]:
+    if literals and isinstance(obj, dict):
+        _reject_literals(obj, where)
     if not isinstance(obj, dict):
         hint = " (a questions file?)" if isinstance(obj, list) else ""
         raise LaMPDataError(where, f'expected {{"task": ..., "golds": [...]}}, found a JSON {type(obj).__name__}{hint}')
@@ -193,18 +214,58 @@ def _looks_like_outputs(head: bytes) -> bool:
     return head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"{"
 
 
-def _parse_candidate(open_file, where: str, name: str) -> OutputsFile | None:
+def _parse_candidate(open_file, where: str, name: str, size: int | None = None) -> OutputsFile | None:
+    """Parse one file of a folder or zip if it is an outputs file. ``size`` (zip members: the size
+    the zip's directory declares) caps what is read at :data:`MAX_MEMBER_BYTES`."""
     with open_file() as f:
         head = f.read(4096)
         if not _looks_like_outputs(head):
             return None  # without reading the rest: a questions file can be gigabytes
-        data = head + f.read()
-    obj = _load_json(data, where)
+        if size is None:
+            data = head + f.read()
+        else:
+            if size > MAX_MEMBER_BYTES:
+                raise LaMPDataError(where, f"{size:,} bytes uncompressed: more than an outputs file may hold "
+                                           f"({MAX_MEMBER_BYTES:,} bytes; a zip bomb?)")
+            data = head + f.read(MAX_MEMBER_BYTES + 1 - len(head))
+            if len(data) > MAX_MEMBER_BYTES:  # the directory said less: it lied
+                raise LaMPDataError(where, f"more than {MAX_MEMBER_BYTES:,} bytes uncompressed (the zip's "
+                                           f"directory says {size:,}): more than an outputs file may hold")
+    obj, literals = _load_json(data, where)
     if not (isinstance(obj, dict) and "task" in obj and "golds" in obj):
         return None  # some other JSON object (a config, a metrics file)
-    task, outputs = _validate(obj, where)
+    task, outputs = _validate(obj, literals, where)
     _check_name(where, name, task)
     return OutputsFile(where, task, outputs)
+
+
+def _zip_candidates(source: Path) -> Iterator[OutputsFile]:
+    """The outputs files of a zip, read in memory with capped sizes; a damaged zip is one line."""
+    try:
+        zf = zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise LaMPError(f"{source}: a truncated or corrupt zip ({err})") from None
+    with zf:
+        infos = zf.infolist()
+        for info in infos:
+            safe_member(source, info.filename)
+        total = 0
+        for info in sorted(infos, key=lambda i: i.filename):
+            name = PurePosixPath(info.filename.replace("\\", "/")).name
+            if info.is_dir() or not name.endswith(".json") or name.endswith("questions.json") \
+                    or name.startswith(".") or info.filename.startswith("__MACOSX/"):
+                continue
+            where = f"{source}!{info.filename}"
+            try:
+                found = _parse_candidate(lambda: zf.open(info), where, name, info.file_size)
+            except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as err:
+                raise LaMPDataError(where, f"cannot be read: a truncated or corrupt zip ({err})") from None
+            if found:
+                total += info.file_size
+                if total > MAX_ZIP_BYTES:
+                    raise LaMPError(f"{source}: its outputs files hold more than {MAX_ZIP_BYTES:,} bytes "
+                                    "uncompressed (a zip bomb?)")
+                yield found
 
 
 def safe_member(archive: str | Path, name: str) -> str:
@@ -213,6 +274,15 @@ def safe_member(archive: str | Path, name: str) -> str:
     if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
         raise LaMPError(f"{archive}: refusing member {name!r}: an absolute path or '..' would escape the archive")
     return name
+
+
+def _starts_like_zip(path: Path) -> bool:
+    """A file that begins as a zip does (``zipfile.is_zipfile`` only finds complete ones)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) in _ZIP_MAGIC
+    except OSError:
+        return False
 
 
 def iter_outputs_files(source: str | Path) -> Iterator[OutputsFile]:
@@ -234,19 +304,8 @@ def iter_outputs_files(source: str | Path) -> Iterator[OutputsFile]:
                 found = _parse_candidate(lambda: path.open("rb"), str(path), path.name)
                 if found:
                     yield found
-    elif zipfile.is_zipfile(source):
-        with zipfile.ZipFile(source) as zf:
-            infos = zf.infolist()
-            for info in infos:
-                safe_member(source, info.filename)
-            for info in sorted(infos, key=lambda i: i.filename):
-                name = PurePosixPath(info.filename.replace("\\", "/")).name
-                if info.is_dir() or not name.endswith(".json") or name.endswith("questions.json") \
-                        or name.startswith(".") or info.filename.startswith("__MACOSX/"):
-                    continue
-                found = _parse_candidate(lambda: zf.open(info), f"{source}!{info.filename}", name)
-                if found:
-                    yield found
+    elif zipfile.is_zipfile(source) or _starts_like_zip(source):
+        yield from _zip_candidates(source)
     else:
         task, outputs = read_predictions(source)
         _check_name(str(source), source.name, task)

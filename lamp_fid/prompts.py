@@ -31,15 +31,14 @@ Passage layouts (``mode``/``layout``):
 from __future__ import annotations
 
 import json
-import os
 import string
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from lamp_fid.errors import BudgetError, LaMPDataError, LaMPError
+from lamp_fid.io import atomic_open, check_target
 from lamp_fid.tasks import Task, get_task
 
 Mode = Literal["fid", "ipa", "none"]
@@ -388,9 +387,7 @@ def prompts(task: str, questions: Path, output: Path, tokenizer: str = "google/f
         task_row = get_task(task)
     except ValueError as err:
         raise LaMPError(str(err)) from None
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise LaMPError(f"{output} exists; pass --overwrite true to replace it")
+    output = check_target(output, overwrite=overwrite)
     if not Path(questions).is_file():
         raise LaMPError(f"{questions}: no such file")
     if k < 0:
@@ -411,25 +408,17 @@ def prompts(task: str, questions: Path, output: Path, tokenizer: str = "google/f
                                 seed=seed)
     total = len(store) if limit is None else min(limit, len(store))
     written = fallbacks = retries = 0
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for example in tqdm(store, total=total, desc=f"prompts {builder.task.name}", unit="ex"):
-                if written >= total:
-                    break
-                items = []
-                if rankings is not None:
-                    items = [example.profile[int(p)] for p in rankings[example.id][:k]]
-                built = builder.passages(example.input, items, example_id=example.id)
-                fallbacks += built.fallbacks
-                retries += built.retries
-                f.write(json.dumps({"id": example.id, "passages": built.texts}, ensure_ascii=False) + "\n")
-                written += 1
-        os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(output, "w", overwrite=overwrite) as f:
+        for example in tqdm(store, total=total, desc=f"prompts {builder.task.name}", unit="ex"):
+            if written >= total:
+                break
+            items = []
+            if rankings is not None:
+                items = [example.profile[int(p)] for p in rankings[example.id][:k]]
+            built = builder.passages(example.input, items, example_id=example.id)
+            fallbacks += built.fallbacks
+            retries += built.retries
+            f.write(json.dumps({"id": example.id, "passages": built.texts}, ensure_ascii=False) + "\n")
+            written += 1
     print(f"wrote {written} examples to {output}; budget fallbacks: {fallbacks} "
           f"(bare input instead of a personalized prompt), retries with a smaller input share: {retries}")

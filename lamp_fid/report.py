@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lamp_fid.errors import LaMPError
-from lamp_fid.predictions import atomic_write
+from lamp_fid.io import atomic_write, check_target
 from lamp_fid.tasks import Task, get_task
 
 STAGES = ("fit", "validate", "test")
@@ -410,12 +410,10 @@ def report(
             if png is not None:
                 files[output / f"best_vs_baseline_{stage}_{split}{'_time' if time_split else ''}.png"] = png
 
-    existing = [p for p in files if p.exists()]
-    if existing and not overwrite:
-        raise LaMPError(f"{existing[0]} already exists ({len(existing)} report file(s) would be replaced); "
-                        "pass --overwrite true or another --output")
+    for path in files:  # all refused before any is written
+        check_target(path, overwrite=overwrite)
     for path, data in files.items():
-        atomic_write(path, data, overwrite=True)
+        atomic_write(path, data, overwrite=overwrite)
     print(f"lamp-fid report: {len(results)} result(s) in {len(groups)} group(s) -> {output / 'results.md'}, "
           f"{output / 'results.csv'}, {sum(p.suffix == '.png' for p in files)} plot(s)")
     if plt is None:

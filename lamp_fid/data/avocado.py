@@ -25,10 +25,8 @@ import email.header
 import io
 import json
 import os
-import tempfile
 import unicodedata
 import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator, Literal
@@ -37,6 +35,7 @@ from tqdm import tqdm
 
 from lamp_fid.data.paths import SPLITS, default_data_dir, split_paths
 from lamp_fid.errors import LaMPDataError, LaMPError
+from lamp_fid.io import atomic_open, check_target
 
 TASK = "LaMP_6"
 INSTRUCTION = "Generate a subject for the following email: "
@@ -286,20 +285,6 @@ def build_question(record: dict, emails: dict[str, Email], time_split: bool = Fa
     return question
 
 
-@contextmanager
-def _atomic_text(path: Path):
-    """A text file that appears at ``path`` only once complete (temp file + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _write_json_list(f, records: Iterable[dict]) -> int:
     """Stream ``records`` as the JSON list ``json.dump`` would write (default separators, ASCII)."""
     n = 0
@@ -356,8 +341,7 @@ def avocado(
             if target.exists() and os.path.samefile(target, ids):
                 raise LaMPError(f"{ids}: the output would replace the released id file; keep the id "
                                 "files in their own folder or choose another --output_dir")
-            if target.exists() and not overwrite:
-                raise LaMPError(f"{target} exists (pass --overwrite to replace it)")
+            check_target(target, overwrite=overwrite)
         plan.append((s, ids, questions, outputs))
 
     records = {s: read_id_file(ids, time_split) for s, ids, _, _ in plan}
@@ -374,12 +358,12 @@ def avocado(
     written = []
     for s, _, questions, outputs in plan:
         recs = records[s]
-        with _atomic_text(questions) as f:
+        with atomic_open(questions, "w", overwrite=overwrite) as f:
             n = _write_json_list(f, (build_question(r, emails, time_split)
                                      for r in tqdm(recs, desc=f"LaMP_6 {s}", unit="question", disable=None)))
         written.append(questions)
         if outputs is not None:
-            with _atomic_text(outputs) as f:
+            with atomic_open(outputs, "w", overwrite=overwrite) as f:
                 f.write('{"task": "LaMP_6", "golds": ')
                 _write_json_list(f, ({"id": r["id"], "output": emails[r["input"]].subject} for r in recs))
                 f.write("}")

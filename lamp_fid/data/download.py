@@ -2,13 +2,15 @@
 
 Each file goes to ``<name>.part`` first; a broken transfer resumes with an HTTP Range request (or
 restarts from zero when the server ignores Range); what arrived must parse as the expected JSON (a
-wrong URL can answer 200 with an HTML page) before an atomic rename to the final name. Files
-already present and valid are skipped. urllib only: no extra dependency.
+wrong URL can answer 200 with an HTML page) before it is fsynced and atomically renamed to the final
+name. Files already present and valid are skipped. A local write failure (full disk, no permission)
+is one line naming the file and is not retried. urllib only: no extra dependency.
 """
 
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import time
 import urllib.error
@@ -18,6 +20,7 @@ from pathlib import Path
 from lamp_fid.data.paths import OFFICIAL_BASE_URL, SPLITS, default_data_dir, official_url, split_paths
 from lamp_fid.data.reader import iter_json_array, read_outputs
 from lamp_fid.errors import LaMPDataError, LaMPError
+from lamp_fid.io import make_folder, write_error
 from lamp_fid.tasks import Task, get_task
 
 BACKOFF_S = 1.0  # first retry waits this long, then doubles
@@ -50,10 +53,17 @@ def _transfer(url: str, part: Path, timeout: float, desc: str):
             raise LaMPError(f"{url}: unexpected HTTP status {resp.status}")
         length = resp.headers.get("Content-Length")
         total = start + int(length) if length is not None else None
-        with open(part, "ab" if start else "wb") as f, \
-                tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=desc, leave=False) as bar:
-            while block := resp.read(_BLOCK):
-                f.write(block)
+        try:
+            f = open(part, "ab" if start else "wb")
+        except OSError as err:
+            raise write_error(part, err) from None
+        with f, tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=desc, leave=False) as bar:
+            while block := resp.read(_BLOCK):  # network errors here are retried, local ones are not
+                try:
+                    f.write(block)
+                    f.flush()
+                except OSError as err:
+                    raise write_error(part, err) from None
                 bar.update(len(block))
     size = part.stat().st_size
     if total is not None and size < total:
@@ -84,6 +94,16 @@ def _fetch(url: str, part: Path, *, retries: int, timeout: float, desc: str):
         wait = BACKOFF_S * 2 ** (attempt - 1)
         print(f"{desc}: {problem}; retrying in {wait:g} s ({attempt}/{retries})")
         time.sleep(wait)
+
+
+def _publish(part: Path, path: Path) -> None:
+    """Make the complete ``part`` durable, then rename it onto ``path``."""
+    try:
+        with open(part, "rb+") as f:
+            os.fsync(f.fileno())
+        part.replace(path)
+    except OSError as err:
+        raise write_error(path, err) from None
 
 
 def validate_file(path: Path, task: Task, kind: str):
@@ -143,7 +163,7 @@ def download(task: str, split: str = "dev", time_split: bool = False, data_dir: 
                 print(f"{path}: already present and valid")
                 done.append(path)
                 continue
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_folder(path.parent)
             part = path.with_name(path.name + ".part")
             if force:
                 part.unlink(missing_ok=True)
@@ -154,7 +174,7 @@ def download(task: str, split: str = "dev", time_split: bool = False, data_dir: 
                 part.unlink(missing_ok=True)
                 raise LaMPError(f"{url} did not give a valid LaMP {kind} file, nothing was saved: "
                                 f"{str(err).replace(str(part) + ': ', '')}") from None
-            part.replace(path)
+            _publish(part, path)
             print(f"{path}: downloaded ({path.stat().st_size:,} bytes)")
             done.append(path)
     return done

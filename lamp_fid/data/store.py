@@ -8,12 +8,19 @@ one record with ``os.pread`` (safe across threads and forked DataLoader workers)
 Layout of ``<cache_dir>/stores/<task>-<fingerprint>/``: ``records.jsonl`` (each validated question
 record's JSON text exactly as in the source file, one per line unless the source was pretty-printed:
 copying the text is much faster than re-encoding it), ``offsets.npy`` (n + 1 byte offsets),
-``ids.json``, ``outputs.json`` (the golds in record order, or null), ``meta.json`` (written last; the
-folder appears atomically by rename).
+``sizes.npy`` (each profile's length), ``ids.json``, ``outputs.json`` (the golds in record order, or
+null), ``meta.json`` (written last, with the size and digest of every other file; the folder appears
+atomically by rename).
 
 The fingerprint is a blake2b of the task name and of the bytes of both files, so any change of
-content gives a new store. Per-file digests are memoized by (path, size, mtime, inode) once a file
-is older than a timestamp tick could hide, so reopening a several-GB file does not rehash it.
+content gives a new store. Per-file digests are memoized under ``<cache_dir>/fingerprints`` by
+(path, size, mtime, ctime, inode), so reopening a several-GB file does not rehash it: ctime cannot be
+set by users, so a file edited in place gets a new key even if its size and mtime are put back (a
+digest is memoized only once the file's mtime and ctime are older than a timestamp tick could hide).
+
+A store is verified on every open: each file's size and digest (memoized the same way, so a warm open
+only stats them) must equal those recorded at build. A truncated, edited or half-deleted store is
+rebuilt, with one warning line on stderr.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -34,38 +42,56 @@ from lamp_fid.data.example import Example
 from lamp_fid.data.paths import default_cache_dir, split_paths
 from lamp_fid.data.reader import iter_examples, validate_item
 from lamp_fid.errors import LaMPError
+from lamp_fid.io import atomic_write, make_folder, write_error
 from lamp_fid.tasks import Task, get_task
 
-FORMAT = 2
-_RACY_NS = 2_000_000_000  # a file modified this close to hashing might change without a new mtime
-_STALE_TMP_S = 6 * 3600
+FORMAT = 2  # part of the fingerprint (and so of every ranking cache's key): bump only if contents change
+LAYOUT = 3  # the files of a store folder; a store of another layout is rebuilt in place
+_RACY_NS = 2_000_000_000  # a file changed this close to hashing might change again without a new time stamp
+_FILES = ("records.jsonl", "offsets.npy", "sizes.npy", "ids.json", "outputs.json")
+
+
+def _memo_path(path: Path, cache_dir: str | Path) -> Path:
+    name = hashlib.blake2b(str(path).encode(), digest_size=16).hexdigest()
+    return Path(cache_dir) / "fingerprints" / f"{name}.json"
+
+
+def _stat_key(path: Path, st: os.stat_result) -> dict:
+    return dict(path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns,
+                ino=st.st_ino, dev=st.st_dev)
+
+
+def _remember(path: Path, st: os.stat_result, digest: str, cache_dir: str | Path) -> None:
+    """Memoize ``digest`` as the content of ``path`` while its stat is ``st`` (best effort)."""
+    with contextlib.suppress(OSError, LaMPError):
+        atomic_write(_memo_path(path, cache_dir), json.dumps({"key": _stat_key(path, st), "digest": digest}),
+                     overwrite=True)
 
 
 def file_digest(path: str | Path, cache_dir: str | Path | None = None) -> str:
-    """blake2b hex digest of a file's bytes, memoized under ``cache_dir`` by (size, mtime, inode)."""
+    """blake2b hex digest of a file's bytes, memoized under ``cache_dir`` by its stat (see the module doc)."""
     path = Path(path)
     try:
         st = path.stat()
     except FileNotFoundError:
         raise LaMPError(f"{path}: no such file") from None
-    key = dict(path=str(path.resolve()), size=st.st_size, mtime_ns=st.st_mtime_ns, ino=st.st_ino, dev=st.st_dev)
-    memo = None
+    path = path.resolve()
     if cache_dir is not None:
-        name = hashlib.blake2b(key["path"].encode(), digest_size=16).hexdigest() + ".json"
-        memo = Path(cache_dir) / "fingerprints" / name
-        with contextlib.suppress(OSError, ValueError):
-            saved = json.loads(memo.read_text())
-            if saved.get("key") == key:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
+            saved = json.loads(_memo_path(path, cache_dir).read_text())
+            if saved["key"] == _stat_key(path, st) and isinstance(saved["digest"], str):
                 return saved["digest"]
     started = time.time_ns()
     h = hashlib.blake2b(digest_size=20)
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 22):
+                h.update(block)
+    except OSError as err:
+        raise LaMPError(f"cannot read {path}: {err.strerror or err}") from None
     digest = h.hexdigest()
-    if memo is not None and st.st_mtime_ns < started - _RACY_NS:
-        with contextlib.suppress(OSError):
-            _atomic_write(memo, json.dumps({"key": key, "digest": digest}).encode())
+    if cache_dir is not None and max(st.st_mtime_ns, st.st_ctime_ns) < started - _RACY_NS:
+        _remember(path, st, digest, cache_dir)
     return digest
 
 
@@ -78,60 +104,111 @@ def fingerprint(task: str | Task, questions_path: str | Path, outputs_path: str 
     return hashlib.blake2b("\0".join(parts).encode(), digest_size=16).hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 @contextlib.contextmanager
-def _lock(path: Path):
-    """An exclusive inter-process lock (DDP ranks opening one split build it once); no-op off POSIX."""
+def _lock(path: Path, wait: bool = True):
+    """An exclusive inter-process lock (DDP ranks opening one split build it once); no-op off POSIX.
+    Without ``wait``, yields False at once if another process holds it."""
     try:
         import fcntl
-    except ImportError:  # pragma: no cover
-        yield
+    except ImportError:  # pragma: no cover - no lock to take; never conclude that another is free
+        yield wait
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _clean_dead_builds(stores: Path, own: str) -> None:
+    """Remove the temp folders of killed builds. Called holding the lock of store ``own``; another
+    store's temp folder is a dead build's when nobody holds that store's lock."""
+    for tmp in stores.glob(".*.tmp-*"):
+        name = tmp.name[1:tmp.name.rindex(".tmp-")]
+        if name == own:
+            shutil.rmtree(tmp, ignore_errors=True)
+            continue
+        with _lock(stores / f".{name}.lock", wait=False) as free:
+            if free:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _build(task: Task, questions_path: Path, outputs_path: Path | None, final: Path, meta: dict,
-           check_dates: bool, progress: bool):
-    """Stream the files into a temp folder beside ``final``, then rename it into place."""
-    for old in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed build
-        if time.time() - old.stat().st_mtime > _STALE_TMP_S:
-            shutil.rmtree(old, ignore_errors=True)
+           check_dates: bool, progress: bool, cache_dir: Path) -> None:
+    """Stream the files into a temp folder beside ``final``, then rename it into place. The digests of
+    the new files are memoized at once: they were computed from the bytes written."""
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        offsets, ids, outputs = [0], [], []
+        offsets, sizes, ids, outputs = [0], [], [], []
+        records = hashlib.blake2b(digest_size=20)
         with open(tmp / "records.jsonl", "wb") as f:
             for ex, text in iter_examples(task, questions_path, outputs_path, check_dates=check_dates,
                                           progress=progress, with_text=True):
                 line = text.encode("utf-8") + b"\n"
                 f.write(line)
+                records.update(line)
                 offsets.append(offsets[-1] + len(line))
+                sizes.append(len(ex.profile))
                 ids.append(ex.id)
                 outputs.append(ex.output)
         np.save(tmp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
+        np.save(tmp / "sizes.npy", np.asarray(sizes, dtype=np.int32))
         (tmp / "ids.json").write_text(json.dumps(ids))
         (tmp / "outputs.json").write_text(json.dumps(outputs if outputs_path is not None else None))
-        meta = dict(meta, n=len(ids), dates_checked=check_dates, created=time.strftime("%Y-%m-%d %H:%M:%S"))
+        digests = {name: file_digest(tmp / name) for name in _FILES if name != "records.jsonl"}
+        digests["records.jsonl"] = records.hexdigest()
+        files = {name: {"size": (tmp / name).stat().st_size, "digest": digests[name]} for name in _FILES}
+        meta = dict(meta, n=len(ids), dates_checked=check_dates, files=files,
+                    created=time.strftime("%Y-%m-%d %H:%M:%S"))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         os.rename(tmp, final)
+    except OSError as err:
+        raise write_error(final, err) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    for name, info in files.items():
+        path = (final / name).resolve()
+        _remember(path, path.stat(), info["digest"], cache_dir)
+
+
+def _problem(directory: Path, cache_dir: Path) -> str | None:
+    """Why the store folder cannot be used as it is (None if it can): missing, from another layout,
+    or a file whose size or digest differs from those recorded at build."""
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError) as err:
+        return f"meta.json is unreadable ({err})"
+    if not isinstance(meta, dict) or meta.get("layout") != LAYOUT or not isinstance(meta.get("files"), dict):
+        return "it was made by another lamp-fid version"
+    for name in _FILES:
+        want = meta["files"].get(name) or {}
+        try:
+            size = (directory / name).stat().st_size
+            if size != want.get("size"):
+                return f"{name} holds {size} bytes, not {want.get('size')} (truncated or replaced?)"
+            if file_digest(directory / name, cache_dir) != want.get("digest"):
+                return f"{name} differs from what was written (edited or damaged on disk)"
+        except (OSError, LaMPError):
+            return f"{name} is missing or unreadable"
+    return None
+
+
+def _remove(directory: Path) -> None:
+    """Delete a store folder: renamed aside first, so no reader ever sees it half deleted."""
+    aside = directory.with_name(f".{directory.name}.tmp-old-{uuid.uuid4().hex[:8]}")
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(directory, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 class LaMPStore:
@@ -152,6 +229,7 @@ class LaMPStore:
         self.fingerprint: str = self.meta["fingerprint"]
         self.has_outputs: bool = self.meta["has_outputs"]
         self._offsets = np.load(self.directory / "offsets.npy")
+        self.profile_sizes: np.ndarray = np.load(self.directory / "sizes.npy")  # len(profile) per example
         self.ids: list[str] = json.loads((self.directory / "ids.json").read_text())
         self._outputs: list[str] | None = json.loads((self.directory / "outputs.json").read_text())
         self._index: dict[str, int] | None = None
@@ -173,17 +251,23 @@ class LaMPStore:
         outputs_path = None if outputs_path is None else Path(outputs_path)
         root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         fp = fingerprint(task, questions_path, outputs_path, root)
-        final = root / "stores" / f"{task.name}-{fp}"
-        if not (final / "meta.json").exists():
-            with _lock(root / "stores" / f".{final.name}.lock"):
-                if not (final / "meta.json").exists():
-                    if final.exists():  # an incomplete folder from an older, interrupted version
-                        shutil.rmtree(final)
-                    meta = dict(format=FORMAT, task=task.name, fingerprint=fp,
+        stores = make_folder(root / "stores")
+        final = stores / f"{task.name}-{fp}"
+        if _problem(final, root) is not None:
+            with _lock(stores / f".{final.name}.lock"):
+                _clean_dead_builds(stores, final.name)
+                problem = _problem(final, root)  # again: another process may have built it meanwhile
+                if problem is not None:
+                    if problem != "missing":
+                        print(f"lamp-fid: warning: the store {final} is not usable ({problem}): rebuilding it",
+                              file=sys.stderr)
+                    if final.exists():
+                        _remove(final)
+                    meta = dict(format=FORMAT, layout=LAYOUT, task=task.name, fingerprint=fp,
                                 has_outputs=outputs_path is not None,
                                 questions_path=str(questions_path.resolve()),
                                 outputs_path=None if outputs_path is None else str(outputs_path.resolve()))
-                    _build(task, questions_path, outputs_path, final, meta, check_dates, progress)
+                    _build(task, questions_path, outputs_path, final, meta, check_dates, progress, root)
         store = cls(final, task, questions_path, outputs_path)
         if check_dates and not store.meta.get("dates_checked"):
             store._check_dates()
@@ -201,7 +285,7 @@ class LaMPStore:
             for j, item in enumerate(ex.profile):
                 validate_item(self.questions_path, self.task, ex.id, j, item, check_dates=True)
         self.meta["dates_checked"] = True
-        _atomic_write(self.directory / "meta.json", json.dumps(self.meta, indent=1).encode())
+        atomic_write(self.directory / "meta.json", json.dumps(self.meta, indent=1), overwrite=True)
 
     # --- access ---------------------------------------------------------------------------------
 

@@ -4,16 +4,17 @@ A cache file holds one retriever's full rankings of one LaMP questions file: exa
 into ``example.profile``, best first (so the top k for any k is a prefix). It is keyed by the file's
 content fingerprint, the task, the retriever and every setting that changes its result (``use_date``,
 ``tie_break``, the encoder, the seed); not by k, batch size or device. Files are ``.npz`` (one flat
-int32 array of positions + offsets + ids), written atomically. Also the ``lamp-fid rank`` command.
+int32 array of positions + offsets + ids), written atomically. A cache file is checked against the
+store each time it is read (the same ids in the same order, each ranking a permutation of its
+profile's positions); an unreadable or inconsistent one is ranked again, with one warning line.
+Also the ``lamp-fid rank`` command.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 
 from lamp_fid.data.example import Example
 from lamp_fid.errors import LaMPDataError, LaMPError
+from lamp_fid.io import atomic_open, check_target
 from lamp_fid.retrieval.base import DEFAULT_ENCODER, Retriever, RetrieverName, TieBreak, make_retriever
 from lamp_fid.tasks import get_task
 
@@ -80,7 +82,7 @@ class Rankings(Mapping):
 
     def save(self, path: str | Path) -> None:
         """Write atomically as ``.npz`` (ids, offsets, int32 positions, JSON metadata)."""
-        with _atomic(path, "wb") as f:
+        with atomic_open(path, "wb", overwrite=True) as f:
             np.savez(f, ids=np.asarray(self.ids, dtype=str), offsets=self.offsets,
                      positions=self.positions, meta=np.asarray(json.dumps(self.meta)))
 
@@ -90,37 +92,34 @@ class Rankings(Mapping):
             return cls(z["ids"].tolist(), z["offsets"], z["positions"], json.loads(str(z["meta"])))
 
 
-class _atomic:
-    """Open a temp file beside ``path``; on success, fsync and ``os.replace`` it onto ``path``."""
-
-    def __init__(self, path: str | Path, mode: str = "w"):
-        self.path, self.mode = Path(path), mode
-
-    def __enter__(self) -> IO:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        self.file = os.fdopen(fd, self.mode, **({} if "b" in self.mode else {"encoding": "utf-8"}))
-        return self.file
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                self.file.flush()
-                os.fsync(self.file.fileno())
-            self.file.close()
-            if exc_type is None:
-                os.replace(self.tmp, self.path)
-        finally:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
-
-
 def _source(store) -> str:
     """The store's questions file, for error messages."""
     for attr in ("questions_path", "path"):
         if getattr(store, attr, None):
             return str(getattr(store, attr))
     return "<questions>"
+
+
+def _mismatch(rankings: Rankings, store) -> str | None:
+    """Why ``rankings`` cannot be ``store``'s full rankings (None if they can): the same ids in the same
+    order, and each row a permutation of its profile's positions (when the store knows profile sizes)."""
+    if rankings.ids != list(store.ids):
+        return "its example ids are not the store's"
+    offsets, positions = rankings.offsets, rankings.positions
+    lengths = np.diff(offsets)
+    if offsets.shape != (len(store) + 1,) or offsets[0] != 0 or offsets[-1] != len(positions) or (lengths < 0).any():
+        return "its offsets are inconsistent"
+    sizes = getattr(store, "profile_sizes", None)
+    if sizes is None:
+        return None if (positions >= 0).all() else "it holds negative positions"
+    if not np.array_equal(lengths, sizes):
+        return "its rankings do not have the profiles' lengths"
+    # every row a permutation of range(len(profile)): each flat slot start + position hit exactly once
+    row_start = np.repeat(offsets[:-1], lengths)
+    if ((positions < 0) | (positions >= np.repeat(lengths, lengths))).any() or \
+            (np.bincount(row_start + positions, minlength=len(positions)) != 1).any():
+        return "a ranking is not a permutation of its profile"
+    return None
 
 
 def cache_key(store, retriever: Retriever) -> dict[str, Any]:
@@ -159,10 +158,13 @@ def get_rankings(store, retriever: str = "bm25", *, cache_dir: str | Path | None
     if path.exists():
         try:
             cached = Rankings.load(path)
-            if cached.meta == key and len(cached) == len(store):
-                return cached
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-            pass  # unreadable (e.g. written by another version): rank again and replace it
+            problem = "made for other settings" if cached.meta != key else _mismatch(cached, store)
+        except (OSError, ValueError, KeyError, TypeError, EOFError, LaMPError, zipfile.BadZipFile) as err:
+            problem = f"unreadable ({type(err).__name__}: {err})"
+        if problem is None:
+            return cached
+        print(f"lamp-fid: warning: the ranking cache {path} is not usable ({problem}): ranking again",
+              file=sys.stderr)
     rankings = Rankings.from_items(r.rank_all(iter(store), total=len(store), progress=progress), meta=key)
     rankings.save(path)
     return rankings
@@ -227,8 +229,8 @@ def rank(task: str, questions: Path, retriever: RetrieverName = "bm25", output: 
         raise LaMPError(str(err)) from None
     if k is not None and k < 0:
         raise LaMPError(f"k must be >= 0, got {k}")
-    if output is not None and Path(output).exists() and not overwrite:
-        raise LaMPError(f"{output} exists; pass --overwrite true to replace it")
+    if output is not None:
+        check_target(output, overwrite=overwrite)
     if not Path(questions).is_file():
         raise LaMPError(f"{questions}: no such file")
     store = _open_store(task, Path(questions), outputs, cache_dir, retriever)
@@ -238,6 +240,6 @@ def rank(task: str, questions: Path, retriever: RetrieverName = "bm25", output: 
         write_rankings_json(store, rankings, sys.stdout, k)
         sys.stdout.flush()
         return
-    with _atomic(output, "w") as f:
+    with atomic_open(output, "w", overwrite=overwrite) as f:
         write_rankings_json(store, rankings, f, k)
     print(f"wrote {len(rankings)} rankings to {output}", file=sys.stderr)

@@ -5,8 +5,8 @@ once by a frozen encoder (:mod:`lamp_fid.data.history`); a trained copy of that 
 query x (with BGE's query instruction in front), and::
 
     w_i = softmax_i(x · h_i)        over the user's items (padding masked, no temperature)
-    P   = Σ_i w_i · Proj(h_i)       Proj   = Linear(d_enc → d_model) → GELU → Linear(d_model → d_model)
-    I'  = Proj_I(I)                 I: one trainable d_enc vector (uniform init), Proj_I of Proj's shape
+    P   = Σ_i w_i · Proj(h_i)       Proj = Linear(d_enc → d_model) → GELU → Linear(d_model → d_model)
+    I'  = Proj_I(I)                 I: one trainable d_enc vector (uniform init); Proj_I: Proj's shape
 
 The LM reads ``[I'; P; Emb(x)]`` through ``inputs_embeds`` (:func:`prepend_soft_tokens`); no token is
 added to its vocabulary. Trained: I, Proj_I, Proj and the query encoder; the LM stays frozen.

@@ -90,7 +90,8 @@ def reference(bert_dir, texts: list[str], pooling: str = "cls") -> torch.Tensor:
 def test_history_formats_of_every_task():
     for task in TASKS.values():
         item = {"id": "7", "date": "2020-01-01", **{f: f"<{f}>" for f in task.item_fields}}
-        with_out, without = (history_texts(task, Example("q", "x", [item]), flag)[0] for flag in (True, False))
+        example = Example("q", "x", [item])
+        with_out, without = (history_texts(task, example, flag)[0] for flag in (True, False))
         assert all(f"<{f}>" in with_out for f in task.item_fields), task.name  # the output included
         if task.target_field and task.kind != "generation":
             assert f"<{task.target_field}>" not in without, task.name  # the released code's text

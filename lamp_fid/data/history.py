@@ -2,9 +2,9 @@
 
 :func:`open_history` gives, for each example of a store, the frozen encoder's embedding of every item
 of its profile, in profile order (one L2-normalised vector per item: ``cls`` or ``mean`` pooling,
-inputs truncated to ``max_length`` tokens). All items are used; ``max_items`` keeps the last n of the
-profile list, as the released code does with 512 (its files list a profile oldest first, so these
-are the most recent; no date is read).
+inputs truncated to ``max_length`` tokens). All items are used by default; ``max_items`` keeps the
+last n items of the profile list, as the released code does with 512 (a slice in file order: no date
+is read, so these are the most recent only where a file lists a profile oldest first).
 
 The embeddings are computed once per file and cached, keyed by everything they depend on: the
 store's content fingerprint, the task, the item format (with or without the item's output), the
@@ -248,7 +248,7 @@ def _reuse(settings_dir: Path, own: Path, digests: np.ndarray, found: np.ndarray
         theirs = np.load(sibling / "digests.npy", allow_pickle=False)
         order = np.argsort(theirs, kind="stable")
         pos = np.searchsorted(theirs[order], digests).clip(max=len(theirs) - 1)
-        hit = (theirs[order][pos] == digests) & ~found
+        hit = (theirs[order[pos]] == digests) & ~found
         if not hit.any():
             continue
         source = np.load(sibling / "matrix.npy", mmap_mode="r", allow_pickle=False)
@@ -325,6 +325,9 @@ def open_history(store, encoder: str, *, with_outputs: bool = True, pooling: Poo
         device: where the encoder runs (not part of the cache key).
         cache_dir: lamp-fid's cache folder (default $LAMP_FID_CACHE, else ~/.cache/lamp-fid).
         progress: show progress bars.
+
+    Opening an existing cache re-hashes its files (blake2b: about 2 s per GB on one core here)
+    rather than trusting them.
     """
     check_pooling(pooling)
     if dtype not in DTYPES:

@@ -236,3 +236,20 @@ def test_only_the_plug_trains_and_the_frozen_lm_stays_bit_identical(bert_dir, t5
     assert all(torch.equal(p, before[n]) for n, p in lm.named_parameters())
     names = {n.split(".")[0] for n, _ in plug.named_parameters()}
     assert names == {"encoder", "instruction", "proj_instruction", "proj"}
+
+
+def test_bf16_autocast_with_a_float16_history(bert_dir, t5_dir):
+    """The dtypes of a bf16-mixed run: float16 cached history, bf16 soft tokens, float32 LM embeddings."""
+    lm, tok = load_t5(t5_dir)
+    lm.requires_grad_(False)
+    plug = PersonaPlug(str(bert_dir), lm.get_input_embeddings())
+    ids, qmask, hist, mask = batch(plug, n_items=(3, 0))
+    enc = tok(["review: great", "review: bad"], padding=True, return_tensors="pt")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        soft = plug(ids, qmask, hist.half(), mask)
+        embeds, full = prepend_soft_tokens(lm, enc["input_ids"], enc["attention_mask"], soft)
+        loss = lm(inputs_embeds=embeds, attention_mask=full, labels=tok(["5", "1"], return_tensors="pt")
+                  ["input_ids"]).loss
+    assert embeds.dtype == torch.float32 and torch.isfinite(soft).all()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in plug.parameters())

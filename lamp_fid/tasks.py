@@ -106,6 +106,12 @@ class Task:
     monitor: str = ""  #: official metric that picks the best checkpoint
     monitor_mode: Literal["max", "min"] = "max"
     target_field: str = ""  #: the item field that holds the item's own "output", if any
+    #: PPlug's text of one history item, as ``str.format`` templates over the item's fields:
+    #: ``(with the item's output, without it)``. With: the paper's labelled format (``description: …
+    #: tag: …``, ``text: … score: …``; the other tasks label their fields the same way, output last).
+    #: Without: the text the released code embeds, which leaves out LaMP_2's tag and LaMP_3's score;
+    #: its LaMP_1/4/5 texts keep the title (part of what the user wrote), and so do ours.
+    history: tuple[str, str] = ("", "")
     deprecated: bool = False
     extra: dict = field(default_factory=dict, compare=False)
 
@@ -138,6 +144,7 @@ TASKS: dict[str, Task] = {
             query_of=citation_query, item_text=join_fields("title", "abstract"),
             long_field="title", piece='"{cut}"', need=None, need_fixed=2, reserve_eos=False,
             prompt="after:title:, and {joined}", labels=CITATION_LABELS, metrics=_CLS, monitor="accuracy",
+            history=("title: {title} abstract: {abstract}", "{title} {abstract}"),
         ),
         Task(
             name="LaMP_2", official_name="LaMP_2", title="movie tagging",
@@ -148,6 +155,7 @@ TASKS: dict[str, Task] = {
             need='the tag for the movie: " " is "{tag}" ',
             prompt="{joined}. {input}", labels=MOVIE_TAGS, metrics=_CLS, monitor="accuracy",
             target_field="tag",
+            history=("description: {description} tag: {tag}", "{description}"),
         ),
         Task(
             name="LaMP_2N", official_name="LaMP_2", title="news categorization (deprecated)",
@@ -158,6 +166,7 @@ TASKS: dict[str, Task] = {
             need='the category for the article: " " is "{category}" ',
             prompt="{joined}. {input}", labels=NEWS_CATEGORIES, metrics=_CLS, monitor="accuracy",
             target_field="category", deprecated=True,
+            history=("title: {title} text: {text} category: {category}", "{title} {text}"),
         ),
         Task(
             name="LaMP_3", official_name="LaMP_3", title="product rating",
@@ -167,6 +176,7 @@ TASKS: dict[str, Task] = {
             need='{score} is the score for " " ',
             prompt="{joined}. {input}", labels=RATING_LABELS, metrics=_REG, monitor="MAE",
             monitor_mode="min", target_field="score",
+            history=("text: {text} score: {score}", "{text}"),
         ),
         Task(
             name="LaMP_4", official_name="LaMP_4", title="news headline generation",
@@ -175,6 +185,7 @@ TASKS: dict[str, Task] = {
             long_field="text", piece='"{title}" is the title for "{cut}" ',
             need='"{title}" is the title for " " ',
             prompt="{joined}. {input}", metrics=_GEN, monitor="rouge-1", target_field="title",
+            history=("text: {text} title: {title}", "{text} {title}"),
         ),
         Task(
             name="LaMP_5", official_name="LaMP_5", title="scholarly title generation",
@@ -185,6 +196,7 @@ TASKS: dict[str, Task] = {
             prompt="{joined}. Following the given patterns {input}",
             reserve="Following the given patterns",
             metrics=_GEN, monitor="rouge-1", target_field="title",
+            history=("abstract: {abstract} title: {title}", "{title} {abstract}"),
         ),
         Task(
             name="LaMP_6", official_name="LaMP_6", title="email subject generation",
@@ -193,6 +205,7 @@ TASKS: dict[str, Task] = {
             long_field="text", piece='"{title}" is the title for "{cut}" ',
             need='"{title}" is the title for " " ',
             prompt="{joined}. {input}", metrics=_GEN, monitor="rouge-1", target_field="title",
+            history=("text: {text} title: {title}", "{text}"),
         ),
         Task(
             name="LaMP_7", official_name="LaMP_7", title="tweet paraphrasing",
@@ -202,6 +215,7 @@ TASKS: dict[str, Task] = {
             prompt="{joined} are written by a person. Following the given patterns {input}",
             reserve="are written by user. Following the given patterns",  # sic: "user"
             metrics=_GEN, monitor="rouge-1", target_field="text",
+            history=("text: {text}", "{text}"),
         ),
     )
 }

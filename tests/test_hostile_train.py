@@ -228,3 +228,75 @@ def test_a_missing_or_damaged_ckpt_path_is_one_line(env, tmp_path, capsys, kind,
     line = refused(capsys, [command, *common(env, "--data.task", "LaMP_3", "--data.k", "4"),
                             "--run_name", "damaged", "--ckpt_path", str(path)])
     assert f"--ckpt_path {path}: {message}" in line
+
+
+# --- 5. options out of range ------------------------------------------------------------------
+@pytest.mark.parametrize("option, value, message", [
+    ("--data.batch_size", "0", "batch_size must be >= 1, got 0"),
+    ("--data.eval_batch_size", "0", "eval_batch_size must be >= 1"),
+    ("--data.task", "LaMP_9", "--data.task: unknown LaMP task 'LaMP_9'"),
+])
+def test_an_option_out_of_range_is_one_line_naming_it(env, capsys, option, value, message):
+    args = common(env, "--data.task", "LaMP_3", "--data.k", "1", option, value)
+    line = refused(capsys, ["fit", *args, "--run_name", "range", "--overwrite", "true",
+                            "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1"])
+    assert message in line
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"batch_size": -2}, "batch_size must be >= 1, got -2"),
+    ({"eval_batch_size": -1}, "eval_batch_size must be >= 1"),
+    ({"max_length": 0}, "max_length must be >= 1, got 0"),
+    ({"max_length": -5}, "max_length must be >= 1, got -5"),
+    ({"max_target_length": 0}, "max_target_length must be >= 1, got 0"),
+    ({"num_workers": -1}, "num_workers must be >= 0, got -1"),
+    ({"task": "LaMP_9"}, "task: unknown LaMP task 'LaMP_9'"),
+])
+def test_data_options_out_of_range_are_refused(options, message):
+    from lamp_fid.data.module import LaMPDataModule
+
+    with pytest.raises(LaMPError, match=message):
+        LaMPDataModule(**{"task": "LaMP_3", **options})
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"num_beams": 0}, "num_beams must be >= 1, got 0"),
+    ({"max_new_tokens": 0}, "max_new_tokens must be >= 1, got 0"),
+    ({"task": "LaMP_9"}, "task: unknown LaMP task 'LaMP_9'"),
+])
+def test_model_options_out_of_range_are_refused(env, options, message):
+    from lamp_fid.model import FiDModule
+
+    with pytest.raises(LaMPError, match=message):
+        FiDModule(**{"task": "LaMP_3", "model_name_or_path": str(env.model), **options})
+
+
+def test_an_empty_train_split_is_one_line(env, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(env.data / "LaMP_3", data / "LaMP_3")
+    (data / "LaMP_3" / "train" / "train_questions.json").write_text("[]")
+    (data / "LaMP_3" / "train" / "train_outputs.json").write_text('{"task": "LaMP_3", "golds": []}')
+    line = refused(capsys, ["fit", *common(env, "--data.task", "LaMP_3", data=data),
+                            "--run_name", "empty", "--trainer.max_epochs", "1"])
+    assert "train_questions.json: the train split is empty" in line
+
+
+# --- 6. a missing outputs file ----------------------------------------------------------------
+def test_a_missing_outputs_file_is_refused_at_setup_and_predict_still_works(env, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(env.data / "LaMP_3", data / "LaMP_3")
+    (data / "LaMP_3" / "dev" / "dev_outputs.json").unlink()
+    args = common(env, "--data.task", "LaMP_3", "--run_name", "unlabeled", "--trainer.max_epochs", "1",
+                  data=data)
+    for command in ("fit", "validate", "test"):  # test_split defaults to dev
+        line = refused(capsys, [command, *args])
+        assert "dev_outputs.json: no such file, and" in line and f"{command} needs" in line
+    assert not list((env.runs / "unlabeled").glob("*.ckpt"))
+    main(["predict", *args])  # the LaMP test split has no outputs file, and predict needs none
+    assert list((env.runs / "unlabeled" / "predict").glob("version_*/LaMP_3-predict-predictions.json"))
+
+
+def test_testing_on_the_unlabeled_lamp_test_split_is_refused(env, capsys):
+    line = refused(capsys, ["test", *common(env, "--data.task", "LaMP_3", "--data.test_split", "test"),
+                            "--run_name", "unlabeled-test"])
+    assert "the LaMP test split has no gold outputs" in line and "--data.test_split" in line

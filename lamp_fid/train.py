@@ -47,12 +47,13 @@ class RunConfig(SaveConfigCallback):
     def save_config(self, trainer, pl_module, stage: str) -> None:
         if trainer.is_global_zero and self.run_dir and stage == "fit":
             target = Path(self.run_dir) / "config.yaml"
-            if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_suffix(".yaml.tmp")
-                self.parser.save(self.config, tmp, skip_none=False, overwrite=True,
-                                 multifile=False)
-                tmp.replace(target)
+            if not target.exists():  # a unique temp file in the run folder, removed on failure
+                text = self.parser.dump(self.config, skip_none=False)
+                try:
+                    atomic_write(target, text)
+                except OSError as err:
+                    raise LaMPError(f"{target}: cannot write the run's config "
+                                    f"({err.strerror or err})") from None
 
 
 class FallbackReport(Callback):

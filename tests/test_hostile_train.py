@@ -300,3 +300,27 @@ def test_testing_on_the_unlabeled_lamp_test_split_is_refused(env, capsys):
     line = refused(capsys, ["test", *common(env, "--data.task", "LaMP_3", "--data.test_split", "test"),
                             "--run_name", "unlabeled-test"])
     assert "the LaMP test split has no gold outputs" in line and "--data.test_split" in line
+
+
+# --- 7. config.yaml through a unique temp file ------------------------------------------------
+def test_run_config_leaves_no_temp_file_when_the_write_fails(tmp_path, monkeypatch):
+    from jsonargparse import ArgumentParser
+
+    from lamp_fid.train import RunConfig
+
+    parser = ArgumentParser()
+    parser.add_argument("--k", type=int, default=4)
+    run = tmp_path / "run"
+    callback = RunConfig(parser, parser.parse_args([]), run_dir=str(run))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(LaMPError, match="config.yaml: cannot write the run's config"):
+        callback.save_config(SimpleNamespace(is_global_zero=True), None, "fit")
+    assert sorted(p.name for p in run.iterdir()) == []
+    monkeypatch.undo()
+    callback.save_config(SimpleNamespace(is_global_zero=True), None, "fit")
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+    assert "k: 4" in (run / "config.yaml").read_text()

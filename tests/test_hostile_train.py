@@ -302,6 +302,28 @@ def test_testing_on_the_unlabeled_lamp_test_split_is_refused(env, capsys):
     assert "the LaMP test split has no gold outputs" in line and "--data.test_split" in line
 
 
+def test_a_missing_outputs_file_is_downloaded_when_download_is_on(env, tmp_path, monkeypatch):
+    import lamp_fid.data.download as dl
+    from lamp_fid.data.module import LaMPDataModule
+
+    data = tmp_path / "data"
+    shutil.copytree(env.data / "LaMP_3", data / "LaMP_3")
+    outputs = data / "LaMP_3" / "dev" / "dev_outputs.json"
+    outputs.unlink()
+    calls = []
+
+    def fake_download(task, split, time_split=False, data_dir=None):
+        calls.append((task, split))
+        shutil.copy(env.data / "LaMP_3" / "dev" / "dev_outputs.json", outputs)
+
+    monkeypatch.setattr(dl, "download", fake_download)
+    dm = LaMPDataModule(task="LaMP_3", data_dir=data, cache_dir=env.root / "cache", k=1,
+                        tokenizer=str(env.model))
+    dm.trainer = SimpleNamespace(state=SimpleNamespace(fn=SimpleNamespace(value="validate")))
+    dm.prepare_data()
+    assert calls == [("LaMP_3", "dev")] and outputs.exists()
+
+
 # --- 7. config.yaml through a unique temp file ------------------------------------------------
 def test_run_config_leaves_no_temp_file_when_the_write_fails(tmp_path, monkeypatch):
     from jsonargparse import ArgumentParser

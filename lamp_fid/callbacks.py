@@ -7,10 +7,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from lamp_fid.ckpt_check import inside, load_weights
+from lamp_fid.errors import LaMPError
 from lamp_fid.model import gather_objects, merge_rank_outputs
 from lamp_fid.predictions import write_predictions
 from lamp_fid.tasks import get_task
@@ -113,6 +114,11 @@ class HFExport(Callback):
         target = self.target(trainer)
         ck = trainer.checkpoint_callback
         best = ck.best_model_path if ck is not None else ""
+        # best_model_path comes from the resumed checkpoint: export only a file in this run's folder
+        # (checked on every rank, so that all of them stop)
+        if best and not (ck.dirpath and inside(best, ck.dirpath)):
+            raise LaMPError(f"the best checkpoint {best} is not in the run's checkpoint folder "
+                            f"{ck.dirpath}: not exported")
         if trainer.is_global_zero:
             self.export(pl_module, best, target)
         trainer.strategy.barrier()
@@ -123,8 +129,8 @@ class HFExport(Callback):
         """Save ``pl_module``'s model with ``checkpoint``'s weights (live ones if empty) to ``target``."""
         state_dict = None
         if checkpoint:
-            # A checkpoint written by this run's own ModelCheckpoint: trusted, and it holds non-tensor state.
-            ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+            # weights only: the run folder may be someone else's
+            ckpt = load_weights(checkpoint, f"best checkpoint {checkpoint}")
             prefix = "model."
             state_dict = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
         else:

@@ -99,7 +99,13 @@ class FiDModule(LightningModule):
         super().__init__()
         # The optimizer is a callable from the CLI (saved in the run's config.yaml): not a plain value.
         self.save_hyperparameters(ignore=["optimizer"])
-        self.task = get_task(task)
+        try:
+            self.task = get_task(task)
+        except ValueError as err:
+            raise LaMPError(f"task: {err}") from None
+        for name, value in (("num_beams", num_beams), ("max_new_tokens", max_new_tokens)):
+            if value < 1:
+                raise LaMPError(f"{name} must be >= 1, got {value}")
         if decoding == "labels" and not self.task.labels:
             raise LaMPError(f"decoding='labels' needs a task with a label set; {self.task.name} has none")
         if not 0 <= warmup_ratio <= 1:

@@ -47,12 +47,13 @@ class RunConfig(SaveConfigCallback):
     def save_config(self, trainer, pl_module, stage: str) -> None:
         if trainer.is_global_zero and self.run_dir and stage == "fit":
             target = Path(self.run_dir) / "config.yaml"
-            if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_suffix(".yaml.tmp")
-                self.parser.save(self.config, tmp, skip_none=False, overwrite=True,
-                                 multifile=False)
-                tmp.replace(target)
+            if not target.exists():  # a unique temp file in the run folder, removed on failure
+                text = self.parser.dump(self.config, skip_none=False)
+                try:
+                    atomic_write(target, text)
+                except OSError as err:
+                    raise LaMPError(f"{target}: cannot write the run's config "
+                                    f"({err.strerror or err})") from None
 
 
 class FallbackReport(Callback):
@@ -198,6 +199,35 @@ class LaMPCLI(LightningCLI):
         parser.link_arguments("data.task", "model.task")
         parser.link_arguments("model.model_name_or_path", "data.tokenizer")
 
+    def _parse_ckpt_path(self) -> None:
+        """Keep the command's options: Lightning would overwrite the model options with the checkpoint's
+        hyperparameters, silently dropping those given on the command line. ``_check_ckpt`` compares
+        them instead."""
+
+    def _check_ckpt(self, cfg, run_dir: Path) -> None:
+        """Checkpoints load as weights only; refuse a ``--ckpt_path`` this command must not use.
+
+        A resume (fit) keeps the run's data and model settings except ``FREE_DATA``/``FREE_MODEL`` of
+        ``lamp_fid.ckpt_check`` (paths, workers, the eval batch size, the test/predict splits,
+        gradient checkpointing, skipping empty passages); validate/test/predict need the checkpoint's
+        task and base model. ``--ckpt_path last`` is ``<run>/last.ckpt``.
+        """
+        from lamp_fid.ckpt_check import SPECIAL, check_checkpoint
+
+        if cfg.get("weights_only") is False:
+            raise LaMPError("--weights_only false: lamp-fid only loads checkpoints as weights")
+        if "weights_only" in cfg:
+            cfg.weights_only = True  # Lightning's own load, too
+        path = cfg.get("ckpt_path")
+        if not path:
+            return
+        if path == "last":
+            path = cfg.ckpt_path = str(run_dir / "last.ckpt")
+        elif path in SPECIAL:
+            raise LaMPError(f"--ckpt_path {path}: name a checkpoint file, e.g. {run_dir}/last.ckpt")
+        folders = [run_dir] + ([Path(cfg.checkpoint.dirpath)] if cfg.checkpoint.get("dirpath") else [])
+        check_checkpoint(path, self.subcommand, dict(cfg.data), dict(cfg.model), folders)
+
     def before_instantiate_classes(self) -> None:
         cmd = self.subcommand
         cfg = self.config[cmd]
@@ -205,10 +235,14 @@ class LaMPCLI(LightningCLI):
             from lamp_fid.data.demo import demo_data
 
             demo_data(Path(cfg.demo_data))  # every demo task: one tokenizer and model for all
-        task = get_task(cfg.data.task)
+        try:
+            task = get_task(cfg.data.task)
+        except ValueError as err:
+            raise LaMPError(f"--data.task: {err}") from None
         run_name = cfg.run_name or default_run_name(dict(cfg.data))
         run_dir = Path(cfg.runs_dir) / run_name
         self.run_dir = run_dir
+        self._check_ckpt(cfg, run_dir)
         if cmd == "fit" and not cfg.get("ckpt_path") and not cfg.overwrite and any(run_dir.glob("*.ckpt")):
             raise LaMPError(f"{run_dir} already holds checkpoints: resume with --ckpt_path "
                             f"{run_dir}/last.ckpt, pick another --run_name, or pass --overwrite true")

@@ -145,9 +145,17 @@ class LaMPDataModule(LightningDataModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        self.task = get_task(task)
-        if k < 0:
-            raise LaMPError(f"k must be >= 0, got {k}")
+        try:
+            self.task = get_task(task)
+        except ValueError as err:
+            raise LaMPError(f"task: {err}") from None
+        for name, value, least in (("k", k, 0), ("batch_size", batch_size, 1), ("max_length", max_length, 1),
+                                   ("max_target_length", max_target_length, 1),
+                                   ("num_workers", num_workers, 0)):
+            if value < least:
+                raise LaMPError(f"{name} must be >= {least}, got {value}")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise LaMPError(f"eval_batch_size must be >= 1 (or null: batch_size), got {eval_batch_size}")
         self._tokenizer = None
         self.datasets: dict[str, PassageDataset] = {}
 
@@ -179,6 +187,27 @@ class LaMPDataModule(LightningDataModule):
             return sorted(set(s for v in by_stage.values() for s in v))
         return by_stage[stage]
 
+    def _labeled(self, stage: str | None) -> set[str]:
+        """The splits ``stage`` scores against gold outputs (fit: train and val; not predict)."""
+        h = self.hparams
+        return {"fit": {h.train_split, h.val_split}, "validate": {h.val_split},
+                "test": {h.test_split}}.get(stage, set())
+
+    def _check_outputs(self, split: str, stage: str | None) -> None:
+        """Refuse a split that ``stage`` scores against gold outputs when it has none."""
+        from lamp_fid.data.paths import split_paths
+
+        if split not in self._labeled(stage) or self._paths(split)[1] is not None:
+            return
+        q, o = split_paths(self._data_dir(), self.task, split, time_split=self.hparams.time_split)
+        if o is not None:
+            raise LaMPError(f"{o}: no such file, and {stage} needs the gold outputs of the {split} split "
+                            f"(run `lamp-fid download --task {self.task.name} --split {split}`)")
+        options = [f"--data.{name}_split" for name in ("train", "val", "test")
+                   if self.hparams[f"{name}_split"] == split]
+        raise LaMPError(f"{q}: the LaMP test split has no gold outputs, and {stage} needs them: choose a "
+                        f"labeled split with {' / '.join(options)} (`lamp-fid predict` needs none)")
+
     def _store(self, split: str):
         from lamp_fid.data.store import LaMPStore
 
@@ -186,8 +215,11 @@ class LaMPDataModule(LightningDataModule):
         if not q.exists():
             raise LaMPError(f"{q}: no such file (run `lamp-fid download --task {self.task.name} "
                             f"--split {split}` or set --data.data_dir)")
-        return LaMPStore.open(self.task, q, o, cache_dir=self.hparams.cache_dir,
-                              check_dates=self.hparams.retriever == "recency")
+        store = LaMPStore.open(self.task, q, o, cache_dir=self.hparams.cache_dir,
+                               check_dates=self.hparams.retriever == "recency")
+        if len(store) == 0:
+            raise LaMPError(f"{q}: the {split} split is empty (no questions)")
+        return store
 
     def _rankings(self, store):
         h = self.hparams
@@ -213,21 +245,26 @@ class LaMPDataModule(LightningDataModule):
 
     def prepare_data(self) -> None:
         h = self.hparams
-        for split in self._splits(self._current_stage()):
-            q, _ = self._paths(split)
+        stage = self._current_stage()
+        for split in self._splits(stage):
+            q, o = self._paths(split)
             if not q.exists() and self.task.name == "LaMP_6":
                 # the release holds only Avocado message ids: training on them would be silent garbage
                 raise LaMPError(f"{q}: no such file; LaMP_6 is built from your own Avocado corpus "
                                 "with `lamp-fid avocado` (see README)")
-            if not q.exists() and h.download:
+            no_outputs = (o is None and split != "test" and split in self._labeled(stage)
+                          and self.task.name != "LaMP_6")  # LaMP_6 files come from `lamp-fid avocado`
+            if (not q.exists() or no_outputs) and h.download:
                 from lamp_fid.data.download import download
 
                 download(self.task.name, split, time_split=h.time_split, data_dir=self._data_dir())
+            self._check_outputs(split, stage)
             self._rankings(self._store(split))  # builds the store and the ranking cache once
 
     def setup(self, stage: str | None = None) -> None:
         builder = self.builder()
         for split in self._splits(stage):
+            self._check_outputs(split, stage)
             if split not in self.datasets:
                 store = self._store(split)
                 self.datasets[split] = PassageDataset(store, self._rankings(store), builder,

@@ -76,7 +76,9 @@ def test_fully_masked_passages_change_nothing(tiny_path, skip):
     assert padded["attention_mask"][:, 2:].sum() == 0 and padded["attention_mask"][1, 1].sum() == 0
     loss_tight = m(tight["input_ids"], tight["attention_mask"], tight["labels"]).loss
     loss_padded = m(padded["input_ids"], padded["attention_mask"], padded["labels"]).loss
-    torch.testing.assert_close(loss_padded, loss_tight, rtol=0, atol=1e-6)
+    # equal up to float32 rounding, which depends on the BLAS path: 1.5e-7 relative with MKL's AVX2
+    # kernels (0 with AVX-512); attending to the padding would move it by 1.6e-2
+    torch.testing.assert_close(loss_padded, loss_tight, rtol=1e-5, atol=0)
     encoded, _ = m.fuse(padded["input_ids"], padded["attention_mask"])
     assert torch.isfinite(encoded.last_hidden_state).all()
     for beams in (1, 3):

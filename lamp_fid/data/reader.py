@@ -43,7 +43,17 @@ class _NotJSON:
         self.literal = literal
 
 
-_DECODER = json.JSONDecoder(parse_constant=_NotJSON)
+class _Decoder(json.JSONDecoder):
+    """``json``'s decoder, counting the NaN/Infinity literals it meets (``found``: reset it before a
+    decode) and putting a :class:`_NotJSON` in their place; valid JSON costs nothing extra."""
+
+    def __init__(self):
+        super().__init__(parse_constant=self._constant)
+        self.found = 0
+
+    def _constant(self, literal: str) -> _NotJSON:
+        self.found += 1
+        return _NotJSON(literal)
 _TAIL = 16  # a literal or escape cut by the buffer end fails within this many chars
 _HTML = "got an HTML page, not JSON (a wrong URL?)"
 
@@ -75,7 +85,8 @@ class _Chars:
     def __init__(self, path: Path, chunk_size: int, progress):
         self.path, self.chunk_size, self.progress = path, chunk_size, progress
         self.file = open(path, "rb")
-        self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        self.utf8 = codecs.getincrementaldecoder("utf-8-sig")()
+        self.decoder = _Decoder()  # JSON, one value at a time
         self.buf, self.pos, self.base, self.eof = "", 0, 0, False
 
     def more(self, want: int | None = None) -> bool:
@@ -89,7 +100,7 @@ class _Chars:
             if self.progress is not None:
                 self.progress.update(len(block))
             try:
-                text = self.decoder.decode(block, final=not block)
+                text = self.utf8.decode(block, final=not block)
             except UnicodeDecodeError as err:
                 raise LaMPDataError(self.path, f"not UTF-8 text near byte {self.file.tell()}: {err.reason}")
             pieces.append(text)
@@ -139,16 +150,13 @@ def _field_name(where: list) -> str | None:
     return out or None
 
 
-def _refuse_not_json(path: Path, value: Any, text: str, start: int = 0, end: int | None = None,
-                     index: int | None = None, record_of: Callable[[list], Any] | None = None) -> None:
-    """Raise if ``value`` (decoded from ``text[start:end]``) holds a NaN/Infinity literal: the error
-    names the record id (of ``record_of(key path)``, default the value itself) and the field."""
-    end = len(text) if end is None else end
-    if text.find("NaN", start, end) < 0 and text.find("Infinity", start, end) < 0:
-        return  # the common case: no literal can be there
+def _refuse_not_json(path: Path, value: Any, index: int | None = None,
+                     record_of: Callable[[list], Any] | None = None) -> None:
+    """Raise for the NaN/Infinity literal in ``value`` (its decoder found one): the error names the
+    record id (of ``record_of(key path)``, default the value itself) and the field."""
     found = _not_json_at(value)
     if found is None:
-        return  # the words were inside strings
+        return
     where, literal = found
     record = record_of(where) if record_of is not None else value
     rid = record.get("id") if isinstance(record, dict) else None
@@ -223,9 +231,11 @@ def _decode_one(path: Path, chars: _Chars, index: int, with_text: bool) -> tuple
     Returns the value and, with ``with_text``, its JSON text (``more`` keeps the value's start at
     ``chars.pos``)."""
     want = None
+    decoder = chars.decoder
     while True:
+        decoder.found = 0
         try:
-            value, end = _DECODER.raw_decode(chars.buf, chars.pos)
+            value, end = decoder.raw_decode(chars.buf, chars.pos)
         except RecursionError:
             raise _json_error(path, chars, index, _TOO_DEEP) from None
         except json.JSONDecodeError as err:
@@ -242,7 +252,8 @@ def _decode_one(path: Path, chars: _Chars, index: int, with_text: bool) -> tuple
         if end == len(chars.buf) and not chars.eof:
             chars.more(want)
             continue
-        _refuse_not_json(path, value, chars.buf, chars.pos, end, index)
+        if decoder.found:
+            _refuse_not_json(path, value, index)
         text = chars.buf[chars.pos:end] if with_text else None
         chars.pos = end
         return value, text
@@ -255,7 +266,8 @@ def _read_json(path: Path) -> Any:
     if text.lstrip().startswith("<"):
         raise LaMPDataError(path, _HTML)
     try:
-        data = json.loads(text, parse_constant=_NotJSON)
+        decoder = _Decoder()
+        data = decoder.decode(text)
     except RecursionError:
         raise LaMPDataError(path, f"invalid JSON: {_TOO_DEEP}") from None
     except json.JSONDecodeError as err:
@@ -266,7 +278,8 @@ def _read_json(path: Path) -> Any:
         golds = data.get("golds") if isinstance(data, dict) else None
         return golds[where[1]] if where[:1] == ["golds"] and len(where) > 1 else None
 
-    _refuse_not_json(path, data, text, record_of=gold_of)
+    if decoder.found:
+        _refuse_not_json(path, data, record_of=gold_of)
     return data
 
 

@@ -31,6 +31,8 @@ from lamp_fid.tasks import Task, get_task
 
 CHUNK_SIZE = 1 << 20
 _WS = re.compile(r"[ \t\n\r]*")
+_TAIL = 16  # a literal or escape cut by the buffer end fails within this many chars
+_HTML = "got an HTML page, not JSON (a wrong URL?)"
 
 
 class _NotJSON:
@@ -54,8 +56,6 @@ class _Decoder(json.JSONDecoder):
     def _constant(self, literal: str) -> _NotJSON:
         self.found += 1
         return _NotJSON(literal)
-_TAIL = 16  # a literal or escape cut by the buffer end fails within this many chars
-_HTML = "got an HTML page, not JSON (a wrong URL?)"
 
 
 def byte_offset(path: str | Path, char_offset: int, chunk_size: int = CHUNK_SIZE) -> int:

@@ -8,6 +8,7 @@ Nothing happens at import time: DDP re-executes this module once per rank.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Callable
 
@@ -24,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("lamp_fid.demo", "demo", "offline demo: personalized FiD vs the non-personalized baseline"),
     "demo-data": ("lamp_fid.data.demo", "demo_data", "generate the offline demo's data, tokenizer and tiny T5"),
 }
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: how a shell reports a producer whose reader went away
 LIGHTNING_COMMANDS = {
     "fit": "train a model (FiD, IPA or non-personalized)",
     "validate": "evaluate on the dev split",
@@ -55,6 +57,16 @@ def run_command(name: str, args: list[str]):
     return auto_cli(func, args=args, as_positional=False, prog=f"lamp-fid {name}")
 
 
+def _os_error(err: OSError) -> str:
+    """``<reason>: <path>`` of an OSError, on one line; for a rename (an atomic write's temp file
+    onto its target) the path is the target, the one the user named."""
+    reason = err.strerror or str(err) or type(err).__name__
+    path = err.filename2 if err.filename2 is not None else err.filename
+    if path is None:
+        return reason
+    return f"{reason}: {os.fsdecode(path) if isinstance(path, (str, bytes)) else path}"
+
+
 def main(args: list[str] | None = None):
     """Entry point of the ``lamp-fid`` console script; ``args`` defaults to ``sys.argv[1:]``."""
     from lamp_fid.errors import LaMPError
@@ -72,14 +84,28 @@ def main(args: list[str] | None = None):
     try:
         if name in COMMANDS:
             run_command(name, args[1:])
+            sys.stdout.flush()  # a closed pipe must fail here, not in the interpreter's last flush
             return 0
         if name in LIGHTNING_COMMANDS:
             from lamp_fid.train import lightning_main
 
             lightning_main(args)
+            sys.stdout.flush()
             return 0
     except LaMPError as err:
         print(f"lamp-fid {name}: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except BrokenPipeError:
+        # the reader went away (`lamp-fid rank ... | head -1`): stop quietly, with the status of a
+        # process killed by SIGPIPE as other Unix tools report it; stdout goes to devnull so the
+        # interpreter's final flush cannot complain
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is no file (captured, or closed)
+            pass
+        raise SystemExit(EXIT_BROKEN_PIPE) from None
+    except OSError as err:  # disk full, permission denied, a directory given as a file name, ...
+        print(f"lamp-fid {name}: error: {_os_error(err)}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         print(f"lamp-fid {name}: interrupted", file=sys.stderr)
@@ -89,4 +115,4 @@ def main(args: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

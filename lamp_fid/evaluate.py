@@ -78,10 +78,14 @@ def evaluate(
         output: also write the result JSON here (refused if the file exists, unless --overwrite).
         bootstrap: report ROUGE as the official evaluator does (median of bootstrap means, seeded)
             instead of the plain mean; accuracy, F1, MAE and RMSE are unaffected.
-        seed: seed of the bootstrap resampling.
-        n_boot: number of bootstrap resamples (the official evaluator uses 1000).
+        seed: seed of the bootstrap resampling (0 .. 2**32 - 1).
+        n_boot: number of bootstrap resamples, >= 1 (the official evaluator uses 1000).
         overwrite: allow replacing an existing output file.
     """
+    if n_boot < 1:
+        raise LaMPError(f"--n_boot must be >= 1 (the number of bootstrap resamples), got {n_boot}")
+    if not 0 <= seed < 2 ** 32:
+        raise LaMPError(f"--seed must be in [0, 2**32) (numpy's RandomState seeds), got {seed}")
     chosen = resolve_task(task)
     golds, preds = Path(golds), Path(preds)
     if output is not None and Path(output).exists() and not overwrite:

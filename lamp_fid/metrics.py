@@ -4,7 +4,9 @@ Both reproduce the official evaluator (LaMP's eval/evaluation.py; LAMP_SPEC.md s
 code path: every example becomes a row of two numbers chosen by the task's kind, and the rows are
 aggregated by the kind. The rows are
 
-- classification: (prediction's label index, gold's label index), -1 for anything not a label;
+- classification: (prediction's label index, gold's label index), -1 for a prediction that is not a
+  label (never a hit); a gold that is not a label is a data error (the official evaluator maps it to
+  -1 as well and counts every non-label prediction for it as correct);
 - regression: (predicted rating, gold rating) in float32 precision, the official fallback applied to
   unparsable predictions;
 - generation: (ROUGE-1 F, ROUGE-L F) of ``rouge_score`` without stemming.
@@ -26,7 +28,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from lamp_fid.errors import LaMPError
-from lamp_fid.tasks import Task, get_task
+from lamp_fid.tasks import TASKS, Task, get_task
 
 # The official ROUGE (HF evaluate's wrapper over rouge_score) bootstraps these types in this order,
 # all from numpy's global RNG, which evaluate seeds with the metric's `seed` just before computing
@@ -39,9 +41,24 @@ ROUGE_KEYS = {"rouge1": "rouge-1", "rougeL": "rouge-L"}
 
 # --- per-example rows ---------------------------------------------------------------------------
 
+def _off_label_gold(task: Task, gold: str, name: str) -> LaMPError:
+    """A gold outside the task's labels is a data error (the official evaluator would map it and every
+    non-label prediction to -1 and count them as hits); name the task whose labels it is, if any."""
+    others = [t.name for t in TASKS.values() if t.name != task.name and gold.strip() in t.labels]
+    hint = (f"; it is a label of {others[0]}: score these golds as {others[0]} (e.g. evaluate --task "
+            f"{others[0]})" if others else "")
+    return LaMPError(f"the gold output of example {name} is {gold!r}, not one of the {task.name} labels "
+                     f"({', '.join(task.labels)}){hint}")
+
+
 def _label_rows(task: Task, preds: Sequence[str], golds: Sequence[str], names: Sequence[str]) -> np.ndarray:
-    return np.array([[task.label_index(p), task.label_index(g)] for p, g in zip(preds, golds)],
-                    dtype=np.float64).reshape(-1, 2)
+    rows = []
+    for p, g, name in zip(preds, golds, names):
+        gold = task.label_index(g)
+        if gold < 0:
+            raise _off_label_gold(task, g, name)
+        rows.append([task.label_index(p), gold])
+    return np.array(rows, dtype=np.float64).reshape(-1, 2)
 
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -109,7 +126,7 @@ def _classification(task: Task, rows: np.ndarray, **_) -> dict[str, float]:
         tp = int(np.sum((pred == c) & (gold == c)))
         denom = int(np.sum(pred == c)) + int(np.sum(gold == c))
         f1.append(2 * tp / denom if denom else 0.0)
-    return {"accuracy": float(np.mean(pred == gold)), "f1": float(np.mean(f1))}
+    return {"accuracy": float(np.mean((pred == gold) & (pred >= 0))), "f1": float(np.mean(f1))}  # -1 never hits
 
 
 def _regression(task: Task, rows: np.ndarray, **_) -> dict[str, float]:
@@ -125,6 +142,10 @@ def bootstrap_medians(columns: dict[str, np.ndarray], n_boot: int = 1000, seed: 
     ``RandomState(seed)``, then the 50th percentile of the means. ``columns`` maps a type
     (``rouge1``, ``rougeL``) to its per-example F-measures.
     """
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise LaMPError(f"n_boot (the number of bootstrap resamples) must be an integer >= 1, got {n_boot!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+        raise LaMPError(f"the bootstrap seed must be an integer in [0, 2**32), got {seed!r}")
     rng = np.random.RandomState(seed)
     n = len(next(iter(columns.values())))
     out = {}

@@ -13,7 +13,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from lamp_fid.data.paths import default_data_dir, split_paths
+from lamp_fid.data.paths import check_split, default_data_dir, split_paths
 from lamp_fid.data.reader import iter_json_array
 from lamp_fid.errors import LaMPDataError, LaMPError
 from lamp_fid.evaluate import resolve_task, task_for
@@ -56,13 +56,14 @@ def submit(
         questions_dir: the LaMP data folder in the downloader's layout (<dir>/LaMP_1/test/test_questions.json,
             LaMP_2 movies under LaMP_2/new/, the time split under time/); its questions give the ids.
             Default: lamp-fid download's default folder ($LAMP_FID_DATA, else ~/.cache/lamp-fid/LaMP).
-        split: the questions split whose ids the predictions must match.
+        split: the questions split whose ids the predictions must match: train, dev or test.
         time_split: read the time-based split's questions (<dir>/time/LaMP_<n>/...).
         tasks: package only these tasks (default: every task with predictions). LaMP_2N reads the
             deprecated news task's questions for "LaMP_2" predictions.
         overwrite: allow replacing an existing output zip.
     """
     output = Path(output)
+    check_split(split)  # it names the zip's members, whichever source gives the ids
     if golds_dir is not None and questions_dir is not None:
         raise LaMPError("give either --questions_dir (the LaMP data folder) or --golds_dir, not both")
     if golds_dir is None and questions_dir is None:

@@ -92,8 +92,9 @@ EMAILS: dict[str, bytes] = {
         "\n"
         "My re\u0301sume\u0301 is attached.\n"
     ).encode("utf-8") + b"\xff\n",
-    # which parts count as body: html listed first still comes after plain; rtf, a non-text part with
-    # a Content-ID and a bare "attachment" disposition are attachments; text/calendar comes last
+    # which parts count as body: html listed first still comes after plain; rtf and a non-text part
+    # with a Content-ID are attachments, a bare "attachment" disposition is not (mail-parser 3.15.0);
+    # text/calendar comes last
     "003-000005-EM.txt": (
         b"Subject: Formats\n"
         b'Content-Type: multipart/mixed; boundary="QQ"\n'

@@ -81,11 +81,13 @@ def test_hf_export_holds_the_best_checkpoint_not_the_last(tiny_path, tmp_path):
     m = FiDModule(task="LaMP_2", model_name_or_path=tiny_path, decoding="labels",
                   optimizer=partial(torch.optim.AdamW, lr=1e-2))
     data = contract_loader(m.tokenizer, examples(6), batch_size=3)
-    # "max" of the validation loss: the best epoch is the worst one, i.e. surely not the last weights
-    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "run"), monitor="val/loss", mode="max", save_top_k=1)
+    # the lowest epoch is "best": by construction the first epoch's weights, not the last ones (a
+    # monitored loss would make it depend on what a tiny random model learns)
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "run"), monitor="epoch", mode="min", save_top_k=1)
     export = HFExport()
     trainer(tmp_path, [ckpt, export], max_epochs=3, enable_checkpointing=True).fit(m, data, data)
     assert export.exported == tmp_path / "run" / "hf_best"
+    assert "/epoch=0-" in ckpt.best_model_path
     best = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
     exported = AutoModelForSeq2SeqLM.from_pretrained(export.exported, dtype=torch.float32)
     for name, value in exported.state_dict().items():

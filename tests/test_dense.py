@@ -171,6 +171,27 @@ def test_duplicate_items_tie_and_stable_keeps_profile_order(encoder_dir):
     assert sorted(DenseRetriever("LaMP_7", encoder=encoder_dir).rank(ex).tolist()) == list(range(5))
 
 
+def test_duplicate_items_tie_exactly_whatever_the_blas(encoder_dir, monkeypatch):
+    """Another BLAS path may round the rows of one matrix product differently (a fresh machine ranked
+    the duplicates [4, 0, 2]). Simulate one whose scores grow with the row position: duplicates must
+    still get bit-identical scores, so the stable tie-break keeps their profile order."""
+    matmul = torch.Tensor.__matmul__
+
+    def row_dependent(a, b):
+        out = matmul(a, b)
+        if out.dim() == 1:  # a score vector [n]: later rows come out a little higher
+            out = out + torch.arange(len(out), dtype=out.dtype) * 1e-6 * out.abs().max()
+        return out
+
+    profile = [{"id": str(i), "text": t} for i, t in enumerate(["w1 w2", "w3", "w1 w2", "w4 w5 w6", "w1 w2"])]
+    ex = Example("q", "Paraphrase: w1 w2 w3", profile)
+    r = DenseRetriever("LaMP_7", encoder=encoder_dir, tie_break="stable", progress=False)
+    r.embed(["w1"])  # load the encoder before the product is patched
+    monkeypatch.setattr(torch.Tensor, "__matmul__", row_dependent)
+    ranking = r.rank(ex).tolist()
+    assert [p for p in ranking if p in (0, 2, 4)] == [0, 2, 4]
+
+
 def test_empty_profiles_and_use_date(encoder_dir):
     exs = [Example("a", "x: w1", []), Example("b", "x: w1", [{"id": "1", "text": "w1", "date": "2020-01-01"}])]
     r = DenseRetriever("LaMP_7", encoder=encoder_dir, use_date=True, progress=False)

@@ -10,8 +10,9 @@ of github.com/LaMP-Benchmark/LaMP) does:
   (train and dev only: the test split's labels are withheld);
 - each profile item keeps its fields and order, ``text`` becomes the body and ``title`` the subject;
 - question records are ``{"id", "input", "profile"}``, plus ``"user_id"`` on the time-based split;
-- an email is read as the ``mail-parser`` package (which the official generator calls) reads it:
-  see :func:`parse_email`.
+- an email is read as the ``mail-parser`` package (which the official generator calls) reads it, in
+  version 3.15.0, which the official repository pins and which was current when LaMP_6 was built
+  (mail-parser 4, from 2024, changed bodies): see :func:`parse_email`.
 
 The corpus is read straight from the ``.zip`` files of ``avocado-1.0.2/data/text`` (no extraction),
 or from a folder where they were extracted; files are matched by base name.
@@ -80,16 +81,15 @@ def _header_text(value: str | None) -> str:
 
 
 def _is_attachment(part: email.message.Message) -> bool:
-    """mail-parser's rule: named parts, non-text parts with a Content-ID, rtf, disposition attachment."""
+    """mail-parser 3.15.0's rule: named parts, non-text parts with a Content-ID, rtf. (A bare
+    ``Content-Disposition: attachment`` only became an attachment in mail-parser 4.)"""
     subtype = part.get_content_subtype()
     if _header_text(part.get_filename()):
         return True
     if part.get("content-id") and subtype not in ("html", "plain"):
         return True
     # mail-parser tests `subtype in ("rtf")`: a substring test on "rtf", kept for identical bodies
-    if subtype in "rtf":
-        return True
-    return (part.get("content-disposition") or "") == "attachment"
+    return subtype in "rtf"
 
 
 def _part_text(part: email.message.Message) -> str:

@@ -6,7 +6,9 @@ chunk and the current record. :func:`iter_examples` validates each record agains
 joins the gold outputs by id; every problem raises :class:`LaMPDataError` naming the file, the record
 id and the field.
 
-What is validated: types and structure only. Ids (question, gold and item ids) must be JSON strings,
+What is validated: JSON itself (Python's ``json`` also accepts ``NaN``, ``Infinity`` and ``-Infinity``,
+which are not JSON: they are refused, naming the record and field, as is a record nested too deeply to
+decode), then types and structure only. Ids (question, gold and item ids) must be JSON strings,
 as in the official files: an integer id would silently fail to match the string ids of rankings and
 prediction files, so it is rejected rather than converted. Item fields named in ``task.item_fields``
 must be strings, except a labelled target field (LaMP_2 ``tag``, LaMP_3 ``score``...), which may also
@@ -21,7 +23,7 @@ import codecs
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from lamp_fid.data.example import Example
 from lamp_fid.errors import LaMPDataError
@@ -29,9 +31,31 @@ from lamp_fid.tasks import Task, get_task
 
 CHUNK_SIZE = 1 << 20
 _WS = re.compile(r"[ \t\n\r]*")
-_DECODER = json.JSONDecoder()
 _TAIL = 16  # a literal or escape cut by the buffer end fails within this many chars
 _HTML = "got an HTML page, not JSON (a wrong URL?)"
+
+
+class _NotJSON:
+    """Stands in for a ``NaN``/``Infinity``/``-Infinity`` literal while decoding, so that the error can
+    say where it is (the literal is not JSON; ``float("nan")`` would reach prompts as "nan")."""
+
+    __slots__ = ("literal",)
+
+    def __init__(self, literal: str):
+        self.literal = literal
+
+
+class _Decoder(json.JSONDecoder):
+    """``json``'s decoder, counting the NaN/Infinity literals it meets (``found``: reset it before a
+    decode) and putting a :class:`_NotJSON` in their place; valid JSON costs nothing extra."""
+
+    def __init__(self):
+        super().__init__(parse_constant=self._constant)
+        self.found = 0
+
+    def _constant(self, literal: str) -> _NotJSON:
+        self.found += 1
+        return _NotJSON(literal)
 
 
 def byte_offset(path: str | Path, char_offset: int, chunk_size: int = CHUNK_SIZE) -> int:
@@ -61,7 +85,8 @@ class _Chars:
     def __init__(self, path: Path, chunk_size: int, progress):
         self.path, self.chunk_size, self.progress = path, chunk_size, progress
         self.file = open(path, "rb")
-        self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        self.utf8 = codecs.getincrementaldecoder("utf-8-sig")()
+        self.decoder = _Decoder()  # JSON, one value at a time
         self.buf, self.pos, self.base, self.eof = "", 0, 0, False
 
     def more(self, want: int | None = None) -> bool:
@@ -75,7 +100,7 @@ class _Chars:
             if self.progress is not None:
                 self.progress.update(len(block))
             try:
-                text = self.decoder.decode(block, final=not block)
+                text = self.utf8.decode(block, final=not block)
             except UnicodeDecodeError as err:
                 raise LaMPDataError(self.path, f"not UTF-8 text near byte {self.file.tell()}: {err.reason}")
             pieces.append(text)
@@ -100,6 +125,48 @@ class _Chars:
 
     def close(self):
         self.file.close()
+
+
+def _not_json_at(value: Any) -> tuple[list, str] | None:
+    """The key path to the first ``_NotJSON`` in ``value`` and its literal, or None (iterative: the
+    value may be nested deeply)."""
+    stack: list[tuple[list, Any]] = [([], value)]
+    while stack:
+        where, v = stack.pop()
+        if isinstance(v, _NotJSON):
+            return where, v.literal
+        if isinstance(v, dict):
+            stack.extend((where + [k], x) for k, x in reversed(list(v.items())))
+        elif isinstance(v, list):
+            stack.extend((where + [i], x) for i, x in reversed(list(enumerate(v))))
+    return None
+
+
+def _field_name(where: list) -> str | None:
+    """``["profile", 3, "score"]`` -> ``"profile[3].score"``; None for the record itself."""
+    out = ""
+    for key in where:
+        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else str(key))
+    return out or None
+
+
+def _refuse_not_json(path: Path, value: Any, index: int | None = None,
+                     record_of: Callable[[list], Any] | None = None) -> None:
+    """Raise for the NaN/Infinity literal in ``value`` (its decoder found one): the error names the
+    record id (of ``record_of(key path)``, default the value itself) and the field."""
+    found = _not_json_at(value)
+    if found is None:
+        return
+    where, literal = found
+    record = record_of(where) if record_of is not None else value
+    rid = record.get("id") if isinstance(record, dict) else None
+    at = f" (record index {index})" if index is not None else ""
+    raise LaMPDataError(path, f"{literal} is not JSON{at}: JSON numbers are finite (write the value as "
+                              "a number or a string)", rid if isinstance(rid, str) else None,
+                        _field_name(where))
+
+
+_TOO_DEEP = "nested too deeply to read (a LaMP record is a few levels deep)"
 
 
 def _json_error(path: Path, chars: _Chars, index: int, message: str) -> LaMPDataError:
@@ -164,9 +231,13 @@ def _decode_one(path: Path, chars: _Chars, index: int, with_text: bool) -> tuple
     Returns the value and, with ``with_text``, its JSON text (``more`` keeps the value's start at
     ``chars.pos``)."""
     want = None
+    decoder = chars.decoder
     while True:
+        decoder.found = 0
         try:
-            value, end = _DECODER.raw_decode(chars.buf, chars.pos)
+            value, end = decoder.raw_decode(chars.buf, chars.pos)
+        except RecursionError:
+            raise _json_error(path, chars, index, _TOO_DEEP) from None
         except json.JSONDecodeError as err:
             # An error at the buffer's end may only mean "read on"; one in the middle is final (so a
             # bad record early in a huge file fails at once instead of buffering the rest of it).
@@ -181,6 +252,8 @@ def _decode_one(path: Path, chars: _Chars, index: int, with_text: bool) -> tuple
         if end == len(chars.buf) and not chars.eof:
             chars.more(want)
             continue
+        if decoder.found:
+            _refuse_not_json(path, value, index)
         text = chars.buf[chars.pos:end] if with_text else None
         chars.pos = end
         return value, text
@@ -193,10 +266,21 @@ def _read_json(path: Path) -> Any:
     if text.lstrip().startswith("<"):
         raise LaMPDataError(path, _HTML)
     try:
-        return json.loads(text)
+        decoder = _Decoder()
+        data = decoder.decode(text)
+    except RecursionError:
+        raise LaMPDataError(path, f"invalid JSON: {_TOO_DEEP}") from None
     except json.JSONDecodeError as err:
         at = len(text[: err.pos].encode("utf-8"))
         raise LaMPDataError(path, f"invalid JSON at byte offset {at}: {err.msg}") from None
+
+    def gold_of(where: list) -> Any:  # golds[i] is the record an outputs file's error names
+        golds = data.get("golds") if isinstance(data, dict) else None
+        return golds[where[1]] if where[:1] == ["golds"] and len(where) > 1 else None
+
+    if decoder.found:
+        _refuse_not_json(path, data, record_of=gold_of)
+    return data
 
 
 def _type_name(value: Any) -> str:

@@ -6,7 +6,9 @@ the query embedding, and the order is ``torch.topk`` over all items. Unlike the 
 encodes a profile anew for every question, we encode each distinct item text once per file (items repeat
 across a user's questions), in batches of similar length, and rank every example with one matmul +
 topk on the CPU. Scores may differ from the official ones in the last float32 bits (other batch shapes
-and padding); orders only differ where two items score within that noise of each other.
+and padding); orders only differ where two items score within that noise of each other. Items with the
+same text get the same score bit for bit (each distinct text of a profile is scored once), so ties
+between duplicates are exact on every machine.
 
 faiss is not used: for one profile of a few hundred items a matmul + topk is as fast as faiss.
 """
@@ -145,6 +147,15 @@ class DenseRetriever(Retriever):
             return torch.sort(scores, descending=True, stable=True).indices.numpy()
         return torch.topk(scores, len(scores)).indices.numpy()
 
+    @staticmethod
+    def scores(items: torch.Tensor, positions: np.ndarray, query: torch.Tensor) -> torch.Tensor:
+        """Scores [n] of a profile whose item texts are rows ``positions`` of ``items``: each distinct
+        text is scored once and its score gathered for every item with that text, so duplicates tie
+        exactly, whatever rows a BLAS rounds differently inside a matrix product."""
+        distinct, inverse = np.unique(positions, return_inverse=True)
+        scores = items[torch.from_numpy(distinct)] @ query  # [m, d] @ [d] -> [m]
+        return scores[torch.from_numpy(inverse.reshape(-1))]
+
     def rank_all(self, examples: Iterable[Example], total: int | None = None,
                  progress: bool = True) -> Iterator[tuple[str, np.ndarray]]:
         """Collect the file's distinct item texts, embed each once, then rank every example."""
@@ -164,8 +175,7 @@ class DenseRetriever(Retriever):
             if len(positions[i]) == 0:
                 yield ids[i], np.empty(0, dtype=np.int64)
                 continue
-            scores = items[torch.from_numpy(positions[i])] @ qs[i]  # [n, d] @ [d] -> [n]
-            yield ids[i], self.order(scores)
+            yield ids[i], self.order(self.scores(items, positions[i], qs[i]))
 
     def rank(self, example: Example) -> np.ndarray:
         return next(self.rank_all([example], progress=False))[1]

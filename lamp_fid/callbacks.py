@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from lamp_fid.ckpt_check import inside, load_weights
 from lamp_fid.errors import LaMPError
-from lamp_fid.model import gather_objects, merge_rank_outputs
+from lamp_fid.distributed import gather_objects, merge_rank_outputs
 from lamp_fid.predictions import write_predictions
 from lamp_fid.tasks import get_task
 

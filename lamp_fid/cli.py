@@ -15,7 +15,7 @@ from typing import Callable
 # command name -> (module, function, one-line summary). Imported lazily so `--help` is fast.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "download": ("lamp_fid.data.download", "download", "download a LaMP task/split from the official URLs"),
-    "rank": ("lamp_fid.retrieval.cache", "rank", "rank every profile of a questions file (cached); write {id: [item ids]}"),
+    "rank": ("lamp_fid.retrieval.rank", "rank", "rank every profile of a questions file (cached); write {id: [item ids]}"),
     "prompts": ("lamp_fid.prompts", "prompts", "write the exact passages the model reads, one JSON line per example"),
     "avocado": ("lamp_fid.data.avocado", "avocado", "build LaMP_6 files from your own licensed Avocado corpus"),
     "evaluate": ("lamp_fid.evaluate", "evaluate", "score predictions against golds with the official metrics"),

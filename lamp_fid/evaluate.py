@@ -15,25 +15,7 @@ from pathlib import Path
 from lamp_fid.errors import LaMPDataError, LaMPError
 from lamp_fid.metrics import score
 from lamp_fid.predictions import OutputsFile, atomic_write, check_ids, matching_golds, outputs_by_task
-from lamp_fid.tasks import TASKS, Task, get_task
-
-
-def resolve_task(task: str | None) -> Task | None:
-    """``get_task`` with a one-line ``LaMPError`` for unknown names; ``None`` stays ``None``."""
-    if task is None:
-        return None
-    try:
-        return get_task(task)
-    except ValueError as err:
-        raise LaMPError(str(err)) from None
-
-
-def task_for(official_name: str, chosen: Task | None = None) -> Task:
-    """The task that scores files named ``official_name``: ``chosen`` if it has that official name,
-    else the current (non-deprecated) one, so ``LaMP_2`` means movie tagging unless LaMP_2N is chosen."""
-    if chosen is not None and chosen.official_name == official_name:
-        return chosen
-    return next(t for t in TASKS.values() if t.official_name == official_name and not t.deprecated)
+from lamp_fid.tasks import Task, resolve_task, task_for
 
 
 def score_file(golds: OutputsFile, preds: OutputsFile, task: Task, *, bootstrap: bool = False,

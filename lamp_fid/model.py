@@ -7,10 +7,9 @@ which the fused path is exactly the plain seq2seq forward.
 from __future__ import annotations
 
 import importlib
-import itertools
 import math
 import re
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -18,6 +17,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
+from lamp_fid.distributed import gather_objects, merge_rank_outputs
 from lamp_fid.errors import LaMPError
 from lamp_fid.metrics import LaMPMetric
 from lamp_fid.tasks import get_task
@@ -37,30 +37,6 @@ def build_optimizer(optimizer: OptimizerCallable | dict, params) -> torch.optim.
     module, _, name = optimizer["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(module), name)
     return cls(params, **optimizer.get("init_args", {}))
-
-
-def gather_objects(obj: Any) -> list:
-    """``[obj of rank 0, obj of rank 1, ...]`` across the process group (``[obj]`` when not distributed)."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def merge_rank_outputs(per_rank: list[list[tuple[str, str]]]) -> dict[str, str]:
-    """Merge per-rank ``(id, text)`` lists into one dict in dataset order, first occurrence wins.
-
-    Lightning's evaluation sampler deals example i to rank i % world_size in order, so reading the
-    ranks round-robin restores the dataset order; the duplicates that pad the last shard are dropped.
-    """
-    merged: dict[str, str] = {}
-    for row in itertools.zip_longest(*per_rank):
-        for pair in row:
-            if pair is not None and pair[0] not in merged:
-                merged[pair[0]] = pair[1]
-    return merged
 
 
 class FiDModule(LightningModule):

@@ -402,7 +402,7 @@ def prompts(task: str, questions: Path, output: Path, tokenizer: str = "google/f
                            check_dates=retriever == "recency" and mode != "none" and k > 0)
     rankings = None
     if mode != "none" and k > 0:
-        from lamp_fid.retrieval.cache import get_rankings
+        from lamp_fid.retrieval.rank import get_rankings
 
         rankings = get_rankings(store, retriever, cache_dir=cache_dir, use_date=use_date, encoder=encoder,
                                 seed=seed)

@@ -16,7 +16,7 @@ from pathlib import Path
 from lamp_fid.data.paths import check_split, default_data_dir, split_paths
 from lamp_fid.data.reader import iter_json_array
 from lamp_fid.errors import LaMPDataError, LaMPError
-from lamp_fid.evaluate import resolve_task, task_for
+from lamp_fid.tasks import resolve_task, task_for
 from lamp_fid.predictions import atomic_write, check_ids, matching_golds, outputs_by_task, predictions_json
 from lamp_fid.tasks import TASKS
 

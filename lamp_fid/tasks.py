@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Mapping
 
+from lamp_fid.errors import LaMPError
+
 Kind = Literal["classification", "regression", "generation"]
 
 
@@ -241,3 +243,21 @@ def get_task(name: str | Task) -> Task:
 
 
 TASK_NAMES = tuple(TASKS)
+
+
+def resolve_task(task: str | None) -> Task | None:
+    """``get_task`` with a one-line ``LaMPError`` for unknown names; ``None`` stays ``None``."""
+    if task is None:
+        return None
+    try:
+        return get_task(task)
+    except ValueError as err:
+        raise LaMPError(str(err)) from None
+
+
+def task_for(official_name: str, chosen: Task | None = None) -> Task:
+    """The task that scores files named ``official_name``: ``chosen`` if it has that official name,
+    else the current (non-deprecated) one, so ``LaMP_2`` means movie tagging unless LaMP_2N is chosen."""
+    if chosen is not None and chosen.official_name == official_name:
+        return chosen
+    return next(t for t in TASKS.values() if t.official_name == official_name and not t.deprecated)

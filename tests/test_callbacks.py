@@ -11,7 +11,8 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lamp_fid.callbacks import HFExport, LaMPPredictionWriter
-from lamp_fid.model import FiDModule, merge_rank_outputs
+from lamp_fid.distributed import merge_rank_outputs
+from lamp_fid.model import FiDModule
 from lamp_fid.predictions import read_predictions
 from lamp_fid.tasks import get_task
 from tiny import build_tiny_t5, contract_loader

@@ -26,7 +26,7 @@ from lamp_fid.data.store import LaMPStore
 from lamp_fid.errors import LaMPDataError, LaMPError
 from lamp_fid.evaluate import evaluate
 from lamp_fid.predictions import outputs_by_task, read_predictions, write_predictions
-from lamp_fid.retrieval.cache import Rankings, get_rankings
+from lamp_fid.retrieval.rank import Rankings, get_rankings
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD = 1_600_000_000  # a modification time long past

@@ -225,7 +225,7 @@ class LaMPDataModule(LightningDataModule):
         h = self.hparams
         if h.mode == "none" or h.retriever == "none":
             return None
-        from lamp_fid.retrieval.cache import get_rankings
+        from lamp_fid.retrieval.rank import get_rankings
 
         return get_rankings(store, h.retriever, cache_dir=h.cache_dir, use_date=h.use_date,
                             encoder=h.encoder, seed=h.seed)

@@ -16,7 +16,7 @@ from lamp_fid.cli import main
 from lamp_fid.data.example import Example
 from lamp_fid.errors import LaMPError
 from lamp_fid.retrieval.base import Retriever, make_retriever
-from lamp_fid.retrieval.cache import Rankings, cache_key, cache_path, get_rankings
+from lamp_fid.retrieval.rank import Rankings, cache_key, cache_path, get_rankings
 from lamp_fid.tasks import get_task
 
 
@@ -249,6 +249,6 @@ def test_unknown_retriever_in_get_rankings(tmp_path):
 
 def test_cache_module_does_not_import_torch():
     # `lamp-fid rank --help` and bm25 stay fast: torch/transformers load only for the dense retriever
-    code = "import sys, lamp_fid.retrieval.cache; print('torch' in sys.modules)"
+    code = "import sys, lamp_fid.retrieval.rank; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

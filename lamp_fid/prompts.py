@@ -11,8 +11,10 @@ LAMP_SPEC.md section 3, reproduced exactly (the official prompts, token for toke
 * for each item in rank order: ``n = P + saved - need``; the long field becomes ``cut(field, n)``;
   ``saved += P - len(tok(field) truncated to n) - need`` (a short item leaves budget to the next);
 * a negative ``n`` fails the attempt: retry with ``factor -= 0.1`` (B grows); once ``factor < 0`` the
-  prompt is the bare input. Unlike the official bare ``except:``, only this budget failure retries:
-  a missing field or a wrong type is a :class:`~lamp_fid.errors.LaMPDataError`, never a different prompt.
+  prompt is the bare input. Unlike the official bare ``except:``, only this budget failure retries.
+
+Items and inputs are trusted: they come from the store, whose reader checked every field the prompt
+uses (a missing field or a wrong type is a :class:`~lamp_fid.errors.LaMPDataError` there).
 
 Passage layouts (``mode``/``layout``):
 
@@ -31,15 +33,18 @@ Passage layouts (``mode``/``layout``):
 from __future__ import annotations
 
 import json
-import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lamp_fid.errors import BudgetError, LaMPDataError, LaMPError
+from tqdm.auto import tqdm
+
+from lamp_fid.data.store import LaMPStore
+from lamp_fid.errors import BudgetError, LaMPError
 from lamp_fid.io import atomic_open, check_target
-from lamp_fid.tasks import Task, get_task
+from lamp_fid.retrieval.rank import get_rankings
+from lamp_fid.tasks import Task, get_task, resolve_task
 
 Mode = Literal["fid", "ipa", "none"]
 Layout = Literal["official", "separate"]
@@ -139,23 +144,17 @@ def compose(template: str, joined: str, inp: str) -> str:
     return template.format(joined=joined, input=inp)
 
 
-def _template_fields(template: str | None) -> list[str]:
-    if not template:
-        return []
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
-
-
 class PromptBuilder:
     """Builds φp prompts and passages for one task, tokenizer and ``max_length``.
 
     Caches the token length of each distinct ``need`` text and of the reserve, and counts retries and
     fallbacks over all calls of this object (``self.fallbacks``, ``self.retries``, ``self.built``; in
     DataLoader workers each process counts its own copy, so per-example counts come back in
-    :class:`Passages` too). Picklable: the task travels by name.
+    :class:`Passages` too).
     """
 
     def __init__(self, task: str | Task, tokenizer, max_length: int, mode: Mode = "ipa",
-                 layout: Layout = "official", source: str = "profile"):
+                 layout: Layout = "official"):
         if mode not in ("fid", "ipa", "none"):
             raise LaMPError(f"unknown passage mode {mode!r}; use fid, ipa or none")
         if layout not in ("official", "separate"):
@@ -164,28 +163,10 @@ class PromptBuilder:
             raise LaMPError(f"max_length must be a positive number of tokens, not {max_length!r}")
         self.task = get_task(task)
         self.tokenizer, self.max_length, self.mode, self.layout = tokenizer, max_length, mode, layout
-        self.source = source  #: named in data errors (e.g. the questions file)
         self.fallbacks = self.retries = self.built = 0
-        self._setup()
-
-    def _setup(self) -> None:
-        t = self.task
         self._need_cache: dict[str, int] = {}
-        reserve = self.length(t.reserve) if t.reserve else 0
-        self._overhead = int(t.reserve_eos) + reserve
-        names = _template_fields(t.piece) + _template_fields(t.need)
-        self._fields = tuple(dict.fromkeys([t.long_field] + [n for n in names if n != "cut"]))
-        self._suffix = appended_specials(self.tokenizer)
-
-    def __getstate__(self) -> dict:
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_need_cache",)}
-        state["task"] = self.task.name  # Task rows hold closures, which do not pickle
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.task = get_task(state["task"])
-        self._setup()
+        self._overhead = int(self.task.reserve_eos) + (self.length(self.task.reserve) if self.task.reserve else 0)
+        self._suffix = appended_specials(tokenizer)
 
     # --- pieces and budget ------------------------------------------------------------------
     def length(self, text: str) -> int:
@@ -204,28 +185,6 @@ class PromptBuilder:
                 self._need_cache.clear()
             n = self._need_cache[text] = self.length(text)
         return n
-
-    def check_item(self, item, example_id: str | None = None) -> None:
-        """Raise :class:`LaMPDataError` unless ``item`` has every field the prompt uses, well typed."""
-        t = self.task
-        where = f" (example {example_id!r})" if example_id is not None else ""
-        if not isinstance(item, Mapping):
-            raise LaMPDataError(self.source, f"a profile item is a {type(item).__name__}, not an "
-                                f"object{where}", record_id=example_id)
-        item_id = item.get("id", example_id)
-        for name in self._fields:
-            if name not in item:
-                raise LaMPDataError(self.source, f"{t.name} profile item lacks the field the prompt "
-                                    f"needs{where}", record_id=item_id, field=name)
-            value = item[name]
-            if name == t.long_field:
-                ok, expected = isinstance(value, str), "a string"
-            else:
-                ok = isinstance(value, (str, int, float)) and not isinstance(value, bool)
-                expected = "a string or a number"
-            if not ok:
-                raise LaMPDataError(self.source, f"expected {expected}, got {type(value).__name__}{where}",
-                                    record_id=item_id, field=name)
 
     def cut(self, text: str, n: int, memo: dict | None = None) -> tuple[str, int]:
         """:func:`cut` of ``text``; with a T5-like tokenizer it tokenizes ``text`` once per ``memo``."""
@@ -258,20 +217,14 @@ class PromptBuilder:
         return out
 
     # --- prompts and passages ---------------------------------------------------------------
-    def build(self, inp: str, items: list[Mapping], example_id: str | None = None,
-              input_len: int | None = None) -> PromptResult:
+    def build(self, inp: str, items: list[Mapping], input_len: int | None = None) -> PromptResult:
         """φp(inp, items): the official IPA prompt of the given (already ranked and cut to k) items.
 
         No items: the bare input (the non-personalized prompt; not counted as a fallback).
         ``input_len`` is ``|inp|`` when the caller already knows it (FiD builds k prompts of one input).
         """
-        if not isinstance(inp, str):
-            raise LaMPDataError(self.source, f"the input is a {type(inp).__name__}, not a string",
-                                record_id=example_id, field="input")
         if not items:
             return PromptResult(inp)
-        for item in items:
-            self.check_item(item, example_id)
         self.built += 1
         if input_len is None:
             input_len = self.length(inp)
@@ -293,37 +246,33 @@ class PromptBuilder:
                 continue
             return PromptResult(compose(self.task.prompt, joined, inp), retries)
 
-    def item_passage(self, item: Mapping, example_id: str | None = None) -> tuple[str, bool]:
+    def item_passage(self, item: Mapping) -> tuple[str, bool]:
         """The separate layout's passage of one item: its piece alone, within ``max_length``.
 
         Returns ``(text, fell_back)``; an item whose overhead exceeds ``max_length`` keeps an empty
         long field.
         """
-        self.check_item(item, example_id)
         try:
             return self.pieces([item], self.max_length, {})[0], False
         except BudgetError:
             self.fallbacks += 1
             return self.task.piece.format_map({**item, "cut": ""}), True
 
-    def passages(self, inp: str, items: list[Mapping], example_id: str | None = None) -> Passages:
+    def passages(self, inp: str, items: list[Mapping]) -> Passages:
         """The passages of one example for this builder's mode and layout (see the module docstring).
 
         ``items`` are the example's retrieved items, best first, already cut to k.
         """
-        if not isinstance(inp, str):
-            raise LaMPDataError(self.source, f"the input is a {type(inp).__name__}, not a string",
-                                record_id=example_id, field="input")
         if self.mode == "none" or not items:
             return Passages([inp])
         if self.mode == "ipa":
-            r = self.build(inp, items, example_id)
+            r = self.build(inp, items)
             return Passages([r.text], int(r.fallback), r.retries)
         if self.layout == "separate":
-            built = [self.item_passage(item, example_id) for item in items]
+            built = [self.item_passage(item) for item in items]
             return Passages([inp] + [text for text, _ in built], sum(fb for _, fb in built))
         input_len = self.length(inp)
-        results = [self.build(inp, [item], example_id, input_len) for item in items]
+        results = [self.build(inp, [item], input_len) for item in items]
         return Passages([r.text for r in results], sum(r.fallback for r in results),
                         sum(r.retries for r in results))
 
@@ -381,12 +330,7 @@ def prompts(task: str, questions: Path, output: Path, tokenizer: str = "google/f
         overwrite: replace --output if it exists (otherwise an existing file is an error).
         limit: write only the first N examples.
     """
-    from tqdm.auto import tqdm
-
-    try:
-        task_row = get_task(task)
-    except ValueError as err:
-        raise LaMPError(str(err)) from None
+    task_row = resolve_task(task)
     output = check_target(output, overwrite=overwrite)
     if not Path(questions).is_file():
         raise LaMPError(f"{questions}: no such file")
@@ -394,16 +338,11 @@ def prompts(task: str, questions: Path, output: Path, tokenizer: str = "google/f
         raise LaMPError(f"k must be >= 0, got {k}")
     if limit is not None and limit < 0:
         raise LaMPError(f"limit must be >= 0, got {limit}")
-    from lamp_fid.data.store import LaMPStore
-
-    builder = PromptBuilder(task_row, _load_tokenizer(tokenizer), max_length, mode=mode, layout=layout,
-                            source=str(questions))
+    builder = PromptBuilder(task_row, _load_tokenizer(tokenizer), max_length, mode=mode, layout=layout)
     store = LaMPStore.open(builder.task, questions, None, cache_dir=cache_dir,
                            check_dates=retriever == "recency" and mode != "none" and k > 0)
     rankings = None
     if mode != "none" and k > 0:
-        from lamp_fid.retrieval.rank import get_rankings
-
         rankings = get_rankings(store, retriever, cache_dir=cache_dir, use_date=use_date, encoder=encoder,
                                 seed=seed)
     total = len(store) if limit is None else min(limit, len(store))
@@ -415,7 +354,7 @@ def prompts(task: str, questions: Path, output: Path, tokenizer: str = "google/f
             items = []
             if rankings is not None:
                 items = [example.profile[int(p)] for p in rankings[example.id][:k]]
-            built = builder.passages(example.input, items, example_id=example.id)
+            built = builder.passages(example.input, items)
             fallbacks += built.fallbacks
             retries += built.retries
             f.write(json.dumps({"id": example.id, "passages": built.texts}, ensure_ascii=False) + "\n")

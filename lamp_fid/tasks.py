@@ -9,7 +9,7 @@ Adding a task means adding one row to ``TASKS``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Literal, Mapping
 
 from lamp_fid.errors import LaMPError
@@ -19,15 +19,15 @@ Kind = Literal["classification", "regression", "generation"]
 
 # --- φq: the query made from the input -------------------------------------------------------
 
-def after_first(marker: str) -> Callable[[str], str]:
+@dataclass(frozen=True)
+class AfterFirst:
     """φq = everything after the first ``marker`` in the input, stripped (the whole input if absent)."""
 
-    def query_of(inp: str) -> str:
-        i = inp.find(marker)
-        return (inp[i + len(marker):] if i >= 0 else inp).strip()
+    marker: str
 
-    query_of.__name__ = f"after_first({marker!r})"
-    return query_of
+    def __call__(self, inp: str) -> str:
+        i = inp.find(self.marker)
+        return (inp[i + len(self.marker):] if i >= 0 else inp).strip()
 
 
 def quoted_strings(inp: str) -> list[str]:
@@ -51,14 +51,14 @@ def citation_query(inp: str) -> str:
 
 # --- the text of a profile item that is ranked ------------------------------------------------
 
-def join_fields(*names: str) -> Callable[[Mapping], str]:
+@dataclass(frozen=True)
+class JoinFields:
     """Item text = the named fields joined by one space (the official corpus makers)."""
 
-    def item_text(item: Mapping) -> str:
-        return " ".join(item[n] for n in names)
+    names: tuple[str, ...]
 
-    item_text.__name__ = f"join_fields{names!r}"
-    return item_text
+    def __call__(self, item: Mapping) -> str:
+        return " ".join(item[n] for n in self.names)
 
 
 # --- labels -----------------------------------------------------------------------------------
@@ -115,15 +115,10 @@ class Task:
     #: its LaMP_1/4/5 texts keep the title (part of what the user wrote), and so do ours.
     history: tuple[str, str] = ("", "")
     deprecated: bool = False
-    extra: dict = field(default_factory=dict, compare=False)
 
     @property
     def number(self) -> int:
         return int(re.match(r"LaMP_(\d)", self.name).group(1))
-
-    @property
-    def is_classification(self) -> bool:
-        return self.kind == "classification"
 
     def label_index(self, text: str) -> int:
         """Official label parsing: exact, case-sensitive match of the stripped text; else -1."""
@@ -143,7 +138,7 @@ TASKS: dict[str, Task] = {
         Task(
             name="LaMP_1", official_name="LaMP_1", title="citation identification",
             kind="classification", url_path="LaMP_1", item_fields=("title", "abstract"),
-            query_of=citation_query, item_text=join_fields("title", "abstract"),
+            query_of=citation_query, item_text=JoinFields(("title", "abstract")),
             long_field="title", piece='"{cut}"', need=None, need_fixed=2, reserve_eos=False,
             prompt="after:title:, and {joined}", labels=CITATION_LABELS, metrics=_CLS, monitor="accuracy",
             history=("title: {title} abstract: {abstract}", "{title} {abstract}"),
@@ -151,7 +146,7 @@ TASKS: dict[str, Task] = {
         Task(
             name="LaMP_2", official_name="LaMP_2", title="movie tagging",
             kind="classification", url_path="LaMP_2/new", item_fields=("description", "tag"),
-            query_of=after_first("description:"), item_text=join_fields("description"),
+            query_of=AfterFirst("description:"), item_text=JoinFields(("description",)),
             long_field="description",
             piece='the tag for the movie: "{cut}" is "{tag}" ',
             need='the tag for the movie: " " is "{tag}" ',
@@ -162,7 +157,7 @@ TASKS: dict[str, Task] = {
         Task(
             name="LaMP_2N", official_name="LaMP_2", title="news categorization (deprecated)",
             kind="classification", url_path="LaMP_2", item_fields=("title", "text", "category"),
-            query_of=after_first("article:"), item_text=join_fields("title", "text"),
+            query_of=AfterFirst("article:"), item_text=JoinFields(("title", "text")),
             long_field="text",
             piece='the category for the article: "{cut}" is "{category}" ',
             need='the category for the article: " " is "{category}" ',
@@ -173,7 +168,7 @@ TASKS: dict[str, Task] = {
         Task(
             name="LaMP_3", official_name="LaMP_3", title="product rating",
             kind="regression", url_path="LaMP_3", item_fields=("text", "score"),
-            query_of=after_first("review:"), item_text=join_fields("text"),
+            query_of=AfterFirst("review:"), item_text=JoinFields(("text",)),
             long_field="text", piece='{score} is the score for "{cut}" ',
             need='{score} is the score for " " ',
             prompt="{joined}. {input}", labels=RATING_LABELS, metrics=_REG, monitor="MAE",
@@ -183,7 +178,7 @@ TASKS: dict[str, Task] = {
         Task(
             name="LaMP_4", official_name="LaMP_4", title="news headline generation",
             kind="generation", url_path="LaMP_4", item_fields=("title", "text"),
-            query_of=after_first("article:"), item_text=join_fields("title", "text"),
+            query_of=AfterFirst("article:"), item_text=JoinFields(("title", "text")),
             long_field="text", piece='"{title}" is the title for "{cut}" ',
             need='"{title}" is the title for " " ',
             prompt="{joined}. {input}", metrics=_GEN, monitor="rouge-1", target_field="title",
@@ -192,7 +187,7 @@ TASKS: dict[str, Task] = {
         Task(
             name="LaMP_5", official_name="LaMP_5", title="scholarly title generation",
             kind="generation", url_path="LaMP_5", item_fields=("title", "abstract"),
-            query_of=after_first("paper:"), item_text=join_fields("title", "abstract"),
+            query_of=AfterFirst("paper:"), item_text=JoinFields(("title", "abstract")),
             long_field="abstract", piece='"{title}" is a title for "{cut}" ',
             need='"{title}" is a title " " ',  # sic: the official overhead omits "for"
             prompt="{joined}. Following the given patterns {input}",
@@ -203,7 +198,7 @@ TASKS: dict[str, Task] = {
         Task(
             name="LaMP_6", official_name="LaMP_6", title="email subject generation",
             kind="generation", url_path="LaMP_6", item_fields=("title", "text"),
-            query_of=after_first(":"), item_text=join_fields("text"),
+            query_of=AfterFirst(":"), item_text=JoinFields(("text",)),
             long_field="text", piece='"{title}" is the title for "{cut}" ',
             need='"{title}" is the title for " " ',
             prompt="{joined}. {input}", metrics=_GEN, monitor="rouge-1", target_field="title",
@@ -212,7 +207,7 @@ TASKS: dict[str, Task] = {
         Task(
             name="LaMP_7", official_name="LaMP_7", title="tweet paraphrasing",
             kind="generation", url_path="LaMP_7", item_fields=("text",),
-            query_of=after_first(":"), item_text=join_fields("text"),
+            query_of=AfterFirst(":"), item_text=JoinFields(("text",)),
             long_field="text", piece='"{cut}" ', need='"" ',
             prompt="{joined} are written by a person. Following the given patterns {input}",
             reserve="are written by user. Following the given patterns",  # sic: "user"

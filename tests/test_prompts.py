@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lamp_fid.errors import BudgetError, LaMPDataError
+from lamp_fid.errors import BudgetError
 from lamp_fid.prompts import (PromptBuilder, Passages, appended_specials, build_prompt, compose, cut,
                               passages)
 
@@ -295,28 +295,17 @@ def test_empty_profile_is_the_bare_input(wl):
             assert passages("LaMP_3", INP, [], mode, wl, 30, layout=layout) == Passages([INP], 0, 0)
 
 
-@pytest.mark.parametrize("item,field", [
-    ({"id": "p1", "score": "5"}, "text"),
-    ({"id": "p1", "text": "a"}, "score"),
-    ({"id": "p1", "text": 5, "score": "5"}, "text"),
-    ({"id": "p1", "text": "a", "score": None}, "score"),
-])
-def test_bad_item_is_a_clear_error_not_a_fallback(item, field, wl):
-    builder = PromptBuilder("LaMP_3", wl, 30, source="dev_questions.json")
-    with pytest.raises(LaMPDataError) as err:
-        builder.build(INP, [lamp3("a"), item], example_id="q7")
-    assert err.value.field == field and err.value.record_id == "p1"
-    assert "dev_questions.json" in str(err.value) and "'q7'" in str(err.value)
-    assert (builder.fallbacks, builder.retries) == (0, 0)
+def test_every_field_the_prompt_uses_is_one_the_reader_checks():
+    """The builder trusts its items: the reader refuses an item without a field φp needs (tests in
+    test_reader.py), so every template field and the long field must be among the checked fields."""
+    import string
 
+    from lamp_fid.tasks import TASKS
 
-def test_bad_need_field_and_input_type(wl):
-    with pytest.raises(LaMPDataError, match="'tag'"):
-        build_prompt("LaMP_2", INP, [{"id": "m", "description": "a"}], wl, 30)
-    with pytest.raises(LaMPDataError, match="'input'"):
-        build_prompt("LaMP_3", None, [lamp3("a")], wl, 30)
-    with pytest.raises(LaMPDataError, match="not an object"):
-        build_prompt("LaMP_3", INP, ["a"], wl, 30)
+    for task in TASKS.values():
+        used = {name for template in (task.piece, task.need or "")
+                for _, name, _, _ in string.Formatter().parse(template) if name and name != "cut"}
+        assert used | {task.long_field} <= set(task.item_fields), task.name
 
 
 def test_numeric_template_fields_format_like_the_official_fstrings(wl):

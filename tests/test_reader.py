@@ -266,3 +266,32 @@ def test_missing_date_for_recency(tmp_path):
 
 def test_parse_date_is_an_int_tuple():
     assert parse_date("2015-03-07") == (2015, 3, 7) and parse_date("2015-3-7") < parse_date("2015-03-10")
+
+
+# Moved from test_prompts.py: the prompt builder trusts the store, so what φp needs is refused here.
+LAMP3_INPUT = "rate : u v w x y z"
+
+
+@pytest.mark.parametrize("item,field", [
+    ({"id": "p1", "score": "5"}, "text"),
+    ({"id": "p1", "text": "a"}, "score"),
+    ({"id": "p1", "text": 5, "score": "5"}, "text"),
+    ({"id": "p1", "text": "a", "score": None}, "score"),
+])
+def test_bad_item_is_a_clear_error_not_a_fallback(tmp_path, item, field):
+    questions = [{"id": "q7", "input": LAMP3_INPUT, "profile": [{"id": "p0", "text": "a", "score": "5"}, item]}]
+    q = write_json(tmp_path / "dev_questions.json", questions)
+    assert_error(lambda: list(iter_examples("LaMP_3", q)), path=q, record_id="q7", field=f"profile[1].{field}")
+
+
+def test_bad_need_field_and_input_type(tmp_path):
+    movie = [{"id": "q1", "input": "description: x", "profile": [{"id": "m", "description": "a"}]}]
+    q = write_json(tmp_path / "q.json", movie)
+    assert_error(lambda: list(iter_examples("LaMP_2", q)), path=q, record_id="q1", field="profile[0].tag")
+    review = [{"id": "q1", "input": None, "profile": [{"id": "p0", "text": "a", "score": "5"}]}]
+    q = write_json(tmp_path / "q.json", review)
+    assert_error(lambda: list(iter_examples("LaMP_3", q)), path=q, record_id="q1", field="input")
+    review = [{"id": "q1", "input": LAMP3_INPUT, "profile": ["a"]}]
+    q = write_json(tmp_path / "q.json", review)
+    assert_error(lambda: list(iter_examples("LaMP_3", q)), path=q, record_id="q1", field="profile[0]",
+                 words=["an object"])

@@ -1,3 +1,5 @@
+import pickle
+
 import pytest
 
 from lamp_fid.tasks import TASKS, citation_query, get_task, quoted_strings
@@ -35,3 +37,15 @@ def test_every_task_has_metrics_and_direction():
     for t in TASKS.values():
         assert t.monitor in t.metrics
         assert t.monitor_mode == ("min" if t.kind == "regression" else "max")
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_every_task_row_pickles_as_plain_data(name):
+    """DataLoader workers receive rows by pickle: no closures in the table, no custom pickling."""
+    row = TASKS[name]
+    clone = pickle.loads(pickle.dumps(row))
+    assert clone == row and clone is not row
+    inp = 'title "a" [1]: "b" [2]: "c" review: x description: y article: z paper: w : v'
+    item = {field: f"{field} text" for field in row.item_fields}
+    assert clone.query_of(inp) == row.query_of(inp) and clone.item_text(item) == row.item_text(item)
+    assert not hasattr(type(row), "__getstate__") or type(row).__getstate__ is object.__getstate__

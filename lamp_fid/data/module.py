@@ -37,7 +37,7 @@ class PassageDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         example = self.store[i]
-        built = self.builder.passages(example.input, self.items_of(example), example.id)
+        built = self.builder.passages(example.input, self.items_of(example))
         return {"id": example.id, "passages": built.texts, "fallbacks": built.fallbacks,
                 "retries": built.retries, "target": example.output}
 

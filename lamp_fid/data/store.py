@@ -341,14 +341,7 @@ class LaMPStore:
             self.close()
 
     def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_fd"] = state["_fd_pid"] = None
-        state["task"] = self.task.name  # Task rows hold closures: send the name, look it up again
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.task = get_task(state["task"])
+        return {**self.__dict__, "_fd": None, "_fd_pid": None}  # a copy opens its own file
 
     def __repr__(self) -> str:
         return (f"LaMPStore({self.task.name}, {len(self)} examples, questions={str(self.questions_path)!r}, "

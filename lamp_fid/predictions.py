@@ -1,6 +1,7 @@
 """Prediction files in the official LaMP format: ``{"task": "LaMP_<n>", "golds": [{"id", "output"}]}``.
 
-Gold outputs files have the same format, so everything here reads both. A "source" of such files is
+Gold outputs files have the same format, so everything here reads both, validated by the one validator
+of the format (:func:`lamp_fid.data.reader.validate_outputs`). A "source" of such files is
 one JSON file, a directory (searched recursively) or a zip; zips are read in memory, never extracted.
 Hostile files get one line each: ``NaN``/``Infinity`` literals (not JSON), nesting too deep for the
 parser, a truncated or corrupt zip, and zip members bigger than :data:`MAX_MEMBER_BYTES` uncompressed
@@ -17,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Mapping
 
+from lamp_fid.data.reader import parse_json, read_outputs, validate_outputs
 from lamp_fid.errors import LaMPDataError, LaMPError
 from lamp_fid.io import atomic_write  # re-exported: the package's one atomic writer
-from lamp_fid.tasks import TASKS, Task, get_task
-
-OFFICIAL_NAMES = tuple(sorted({t.official_name for t in TASKS.values()}))
+from lamp_fid.tasks import Task, get_task
 MAX_MEMBER_BYTES = 64 << 20  #: cap on one zip member, uncompressed (official outputs files are a few MB)
 MAX_ZIP_BYTES = 256 << 20  #: cap on all the outputs files read from one zip, uncompressed
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
@@ -50,118 +50,8 @@ def write_predictions(path: str | Path, task: str | Task, preds: Mapping[str, st
     return atomic_write(path, predictions_json(task, preds), overwrite=overwrite)
 
 
-class _Literal(str):
-    """A ``NaN``/``Infinity``/``-Infinity`` literal met while parsing (Python's json accepts them)."""
-
-
-def _load_json(data: str | bytes, where: str | Path) -> tuple[object, bool]:
-    """Parse JSON text; returns the value and whether it holds a non-JSON literal (left as a
-    :class:`_Literal`, so that :func:`_validate` can name the record and field)."""
-    seen = []
-
-    def literal(name: str) -> _Literal:
-        seen.append(name)
-        return _Literal(name)
-
-    try:
-        return json.loads(data, parse_constant=literal), bool(seen)
-    except json.JSONDecodeError as err:
-        raise LaMPDataError(where, f"not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
-    except UnicodeDecodeError:
-        raise LaMPDataError(where, "not UTF-8 text") from None
-    except RecursionError:
-        raise LaMPDataError(where, "JSON nested too deeply to be a LaMP file") from None
-
-
-def _reject_literals(obj: dict, where: str | Path) -> None:
-    """Raise naming the first NaN/Infinity literal in ``obj``: its record id (in ``golds``) and field."""
-    golds = obj.get("golds") if isinstance(obj.get("golds"), list) else []
-    roots = [(None, key, value) for key, value in obj.items() if key != "golds"]
-    for i, rec in enumerate(golds):
-        rid = rec.get("id") if isinstance(rec, dict) else None
-        rid = str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, (bool, _Literal)) else None
-        if isinstance(rec, dict):
-            roots += [(rid, key, value) for key, value in rec.items()]
-        else:
-            roots.append((rid, f"golds[{i}]", rec))
-    for rid, field, value in roots:
-        stack = [(field, value)]
-        while stack:
-            path, value = stack.pop()
-            if isinstance(value, _Literal):
-                raise LaMPDataError(where, f"{value} is not valid JSON (write a number or a string)",
-                                    record_id=rid, field=path)
-            if isinstance(value, dict):
-                stack += [(f"{path}.{k}", v) for k, v in value.items()]
-            elif isinstance(value, list):
-                stack += [(f"{path}[{j}]", v) for j, v in enumerate(value)]
-
-
-def parse_predictions(data: str | bytes, where: str | Path, task: str | Task | None = None
-                      ) -> tuple[str, dict[str, str]]:
-    """Parse official-format JSON text; ``where`` names the file in errors. See :func:`read_predictions`."""
-    return _validate(*_load_json(data, where), where, task)
-
-
-def _validate(obj, literals: bool, where: str | Path, task: str | Task | None = None) -> tuple[str, dict[str, str]]:
-    if literals and isinstance(obj, dict):
-        _reject_literals(obj, where)
-    if not isinstance(obj, dict):
-        hint = " (a questions file?)" if isinstance(obj, list) else ""
-        raise LaMPDataError(where, f'expected {{"task": ..., "golds": [...]}}, found a JSON {type(obj).__name__}{hint}')
-    for key in ("task", "golds"):
-        if key not in obj:
-            raise LaMPDataError(where, "missing", field=key)
-    name = obj["task"]
-    if name not in OFFICIAL_NAMES:
-        try:
-            hint = f"; did you mean {get_task(name).official_name!r}?"
-        except (ValueError, TypeError):
-            hint = ""
-        raise LaMPDataError(where, f"{name!r} is not an official task name ({', '.join(OFFICIAL_NAMES)}){hint}",
-                            field="task")
-    if task is not None and name != get_task(task).official_name:
-        raise LaMPDataError(where, f"the file is for {name}, not {get_task(task).official_name}", field="task")
-    records = obj["golds"]
-    if not isinstance(records, list):
-        raise LaMPDataError(where, f"expected a list, found a JSON {type(records).__name__}", field="golds")
-    out: dict[str, str] = {}
-    for i, rec in enumerate(records):
-        if not isinstance(rec, dict):
-            raise LaMPDataError(where, f"golds[{i}] is a JSON {type(rec).__name__}, not an object")
-        if "id" not in rec:
-            raise LaMPDataError(where, f"golds[{i}] has no id", field="id")
-        rid = rec["id"]
-        if isinstance(rid, bool) or not isinstance(rid, (str, int)):
-            raise LaMPDataError(where, f"golds[{i}]: the id must be a string, found {rid!r}", field="id")
-        rid = str(rid)
-        if rid in out:
-            raise LaMPDataError(where, "duplicate id", record_id=rid, field="id")
-        if "output" not in rec:
-            raise LaMPDataError(where, "missing", record_id=rid, field="output")
-        value = rec["output"]
-        # numbers are read as the official evaluator's str() would see them (e.g. LaMP_3 ratings)
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise LaMPDataError(where, f"must be a string, found {json.dumps(value)}", record_id=rid, field="output")
-        out[rid] = value if isinstance(value, str) else str(value)
-    return name, out
-
-
-def read_predictions(path: str | Path, task: str | Task | None = None) -> tuple[str, dict[str, str]]:
-    """Read an official-format predictions (or gold outputs) file.
-
-    Returns ``(official task name, {id: output})`` in file order. Raises ``LaMPDataError`` naming the
-    file, record id and field for malformed content, and when ``task`` is given but the file's
-    ``"task"`` is another. Integer ids and numeric outputs are read as strings.
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise LaMPError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise LaMPError(f"{path} is a directory; expected a JSON file") from None
-    return parse_predictions(data, path, task)
+# Prediction files have the golds' format: one reader and one validator for both.
+read_predictions = read_outputs
 
 
 def check_ids(preds: Iterable[str], golds: Iterable[str], path: str | Path, *, show: int = 5) -> None:
@@ -231,10 +121,10 @@ def _parse_candidate(open_file, where: str, name: str, size: int | None = None) 
             if len(data) > MAX_MEMBER_BYTES:  # the directory said less: it lied
                 raise LaMPDataError(where, f"more than {MAX_MEMBER_BYTES:,} bytes uncompressed (the zip's "
                                            f"directory says {size:,}): more than an outputs file may hold")
-    obj, literals = _load_json(data, where)
+    obj = parse_json(data, where)
     if not (isinstance(obj, dict) and "task" in obj and "golds" in obj):
         return None  # some other JSON object (a config, a metrics file)
-    task, outputs = _validate(obj, literals, where)
+    task, outputs = validate_outputs(obj, where)
     _check_name(where, name, task)
     return OutputsFile(where, task, outputs)
 

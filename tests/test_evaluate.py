@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -94,9 +95,16 @@ def test_read_errors_name_file_record_and_field(tmp_path, content, match):
 
 def test_read_lenient_types_and_task_check(tmp_path):
     path = write_official(tmp_path / "p.json", "LaMP_3", {})
-    path.write_text('\ufeff{"task": "LaMP_3", "golds": [{"id": 5, "output": 4}, {"id": "6", "output": 2.5}]}',
+    path.write_text('\ufeff{"task": "LaMP_3", "golds": [{"id": "5", "output": 4}, {"id": "6", "output": 2.5}]}',
                     encoding="utf-8")
-    assert read_predictions(path) == ("LaMP_3", {"5": "4", "6": "2.5"})
+    assert read_predictions(path) == ("LaMP_3", {"5": "4", "6": "2.5"})  # LaMP_3 outputs may be numbers
+    # one validator for golds and predictions: string ids, as in the official files (and as the store
+    # requires of gold files); numbers only where the metric reads numbers (LaMP_3)
+    for golds, field in (('[{"id": 5, "output": "4"}]', "golds[0].id"), ('[{"id": "5", "output": 4}]', "output")):
+        bad = tmp_path / f"bad_{field}.json"
+        bad.write_text('{"task": "%s", "golds": %s}' % ("LaMP_3" if field != "output" else "LaMP_4", golds))
+        with pytest.raises(LaMPDataError, match=f"field '{re.escape(field)}': must be a string"):
+            read_predictions(bad)
     with pytest.raises(LaMPDataError, match="the file is for LaMP_3, not LaMP_4"):
         read_predictions(path, task="LaMP_4")
     with pytest.raises(LaMPError, match="no such file"):

@@ -295,3 +295,39 @@ def test_bad_need_field_and_input_type(tmp_path):
     q = write_json(tmp_path / "q.json", review)
     assert_error(lambda: list(iter_examples("LaMP_3", q)), path=q, record_id="q1", field="profile[0]",
                  words=["an object"])
+
+
+ONE_FORMAT = {
+    "good": '{"task": "LaMP_3", "golds": [{"id": "1", "output": "4"}, {"id": "2", "output": " 5 "}]}',
+    "LaMP_3 numbers": '{"task": "LaMP_3", "golds": [{"id": "1", "output": 4}, {"id": "2", "output": 2.5}]}',
+    "int id": '{"task": "LaMP_3", "golds": [{"id": 1, "output": "4"}]}',
+    "bool output": '{"task": "LaMP_3", "golds": [{"id": "1", "output": true}]}',
+    "NaN": '{"task": "LaMP_3", "golds": [{"id": "1", "output": NaN}]}',
+    "not official": '{"task": "LaMP-3", "golds": []}',
+    "list": '[{"id": "1", "output": "4"}]',
+    "html": "<html>404</html>",
+    "not JSON": '{"task": "LaMP_3", "golds": [}',
+}
+
+
+@pytest.mark.parametrize("case", list(ONE_FORMAT))
+def test_gold_and_prediction_files_follow_one_validator(tmp_path, case):
+    """Gold outputs (read by the store) and predictions (read by evaluate) share one format, so one
+    validator: the same file is accepted with the same outputs, or refused with the same line."""
+    from lamp_fid.predictions import read_predictions
+
+    path = tmp_path / "dev_outputs.json"
+    path.write_text(ONE_FORMAT[case], encoding="utf-8")
+
+    def outcome(read):
+        try:
+            result = read()
+        except LaMPDataError as err:
+            return str(err)
+        return result[1] if isinstance(result, tuple) else result
+
+    gold = outcome(lambda: read_outputs(path, "LaMP_3"))
+    assert gold == outcome(lambda: read_predictions(path, "LaMP_3"))
+    assert isinstance(gold, dict) == (case in ("good", "LaMP_3 numbers"))
+    if case == "LaMP_3 numbers":
+        assert gold == {"1": "4", "2": "2.5"}

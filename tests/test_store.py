@@ -108,20 +108,27 @@ def test_invalid_file_leaves_no_store(tmp_path):
     assert [p.name for p in (tmp_path / "c" / "stores").iterdir() if not p.name.endswith(".lock")] == []
 
 
-def test_dates_checked_once_even_on_an_existing_store(tmp_path):
+def test_dates_checked_once_even_on_an_existing_store(tmp_path, monkeypatch):
     q, o = write_fake_split(tmp_path / "data", "LaMP_5", "dev", 5)
     data = json.loads(q.read_text())
     data[2]["profile"][0]["date"] = "sometime"
     q.write_text(json.dumps(data))
     store = LaMPStore.open("LaMP_5", q, o, cache_dir=tmp_path / "c", progress=False)  # no date check
-    assert not store.meta["dates_checked"]
-    with pytest.raises(LaMPDataError, match=r"record id '102', field 'profile\[0\].date'") as info:
-        LaMPStore.open("LaMP_5", q, o, cache_dir=tmp_path / "c", check_dates=True, progress=False)
-    assert str(q) in str(info.value)
+    assert len(store) == 5  # bm25 needs no dates: the file opens
     q2, o2 = write_fake_split(tmp_path / "data2", "LaMP_5", "dev", 5)
     LaMPStore.open("LaMP_5", q2, o2, cache_dir=tmp_path / "c", progress=False)
+
+    def read_again(*args, **kwargs):
+        raise AssertionError("the data was read again")
+
+    # the dates were checked while building: a recency open reads nothing again
+    monkeypatch.setattr(store_mod, "iter_examples", read_again)
+    monkeypatch.setattr(LaMPStore, "__iter__", read_again)
+    with pytest.raises(LaMPDataError, match=r"record id '102', field 'profile\[0\].date'") as info:
+        LaMPStore.open("LaMP_5", q, o, cache_dir=tmp_path / "c", check_dates=True, progress=False)
+    assert str(q) in str(info.value) and "'sometime'" in str(info.value)
     checked = LaMPStore.open("LaMP_5", q2, o2, cache_dir=tmp_path / "c", check_dates=True, progress=False)
-    assert json.loads((checked.directory / "meta.json").read_text())["dates_checked"]
+    assert len(checked) == 5
 
 
 def test_pickle_and_fork(tmp_path):

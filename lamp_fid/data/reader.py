@@ -6,11 +6,15 @@ chunk and the current record. :func:`iter_examples` validates each record agains
 joins the gold outputs by id; every problem raises :class:`LaMPDataError` naming the file, the record
 id and the field.
 
+This is the one place LaMP files are validated; everything downstream (the store, rankings, prompts)
+trusts what it read. :func:`validate_outputs` is the one validator of the outputs format, which gold
+outputs files and prediction files share (``lamp_fid.predictions`` reads the latter with it).
+
 What is validated: JSON itself (Python's ``json`` also accepts ``NaN``, ``Infinity`` and ``-Infinity``,
 which are not JSON: they are refused, naming the record and field, as is a record nested too deeply to
-decode), then types and structure only. Ids (question, gold and item ids) must be JSON strings,
-as in the official files: an integer id would silently fail to match the string ids of rankings and
-prediction files, so it is rejected rather than converted. Item fields named in ``task.item_fields``
+decode), then types and structure only. Ids (question, gold, prediction and item ids) must be JSON
+strings, as in the official files: an integer id would silently fail to match the string ids of
+rankings and prediction files, so it is rejected rather than converted. Item fields named in ``task.item_fields``
 must be strings, except a labelled target field (LaMP_2 ``tag``, LaMP_3 ``score``...), which may also
 be a number. ``user_id`` (time split) may be a string or an integer and becomes a string. Extra fields
 are allowed and kept. Content is not validated: the official LaMP_2 movie dev record ``"110"`` has a
@@ -23,16 +27,18 @@ import codecs
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
+
+from tqdm.auto import tqdm
 
 from lamp_fid.data.example import Example
-from lamp_fid.errors import LaMPDataError
-from lamp_fid.tasks import Task, get_task
+from lamp_fid.errors import LaMPDataError, LaMPError
+from lamp_fid.tasks import TASKS, Task, get_task, task_for
 
 CHUNK_SIZE = 1 << 20
 _WS = re.compile(r"[ \t\n\r]*")
 _TAIL = 16  # a literal or escape cut by the buffer end fails within this many chars
-_HTML = "got an HTML page, not JSON (a wrong URL?)"
+_HTML = "an HTML page, not valid JSON (a wrong URL?)"
 
 
 class _NotJSON:
@@ -150,20 +156,25 @@ def _field_name(where: list) -> str | None:
     return out or None
 
 
-def _refuse_not_json(path: Path, value: Any, index: int | None = None,
-                     record_of: Callable[[list], Any] | None = None) -> None:
-    """Raise for the NaN/Infinity literal in ``value`` (its decoder found one): the error names the
-    record id (of ``record_of(key path)``, default the value itself) and the field."""
+def _refuse_not_json(path, value: Any, index: int | None = None, records: str | None = None) -> None:
+    """Raise for the first NaN/Infinity literal in ``value``, naming its record's id and the field in
+    that record. ``value`` is one record, or (with ``records``) an object whose list ``value[records]``
+    holds the records (an outputs file's ``golds``)."""
     found = _not_json_at(value)
     if found is None:
         return
     where, literal = found
-    record = record_of(where) if record_of is not None else value
+    record = value
+    if records is not None:
+        record = value[records][where[1]] if where[:1] == [records] and len(where) > 2 else None
     rid = record.get("id") if isinstance(record, dict) else None
+    if not isinstance(rid, str):
+        rid = None
+    elif records is not None:
+        where = where[2:]
     at = f" (record index {index})" if index is not None else ""
-    raise LaMPDataError(path, f"{literal} is not JSON{at}: JSON numbers are finite (write the value as "
-                              "a number or a string)", rid if isinstance(rid, str) else None,
-                        _field_name(where))
+    raise LaMPDataError(path, f"{literal} is not valid JSON{at}: JSON numbers are finite (write the value "
+                              "as a number or a string)", rid, _field_name(where))
 
 
 _TOO_DEEP = "nested too deeply to read (a LaMP record is a few levels deep)"
@@ -186,8 +197,6 @@ def iter_json_array(path: str | Path, *, chunk_size: int = CHUNK_SIZE, progress:
     path = Path(path)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"reading {path.name}")
     chars = _Chars(path, chunk_size, bar)
     try:
@@ -259,28 +268,33 @@ def _decode_one(path: Path, chars: _Chars, index: int, with_text: bool) -> tuple
         return value, text
 
 
-# --- validation -------------------------------------------------------------------------------
+# --- the outputs format: gold outputs and predictions -----------------------------------------
 
-def _read_json(path: Path) -> Any:
-    text = path.read_text(encoding="utf-8-sig")
+OFFICIAL_NAMES = tuple(sorted({t.official_name for t in TASKS.values()}))
+
+
+def parse_json(data: bytes | str, where) -> Any:
+    """Decode the text of a whole (small) JSON file; ``where`` names it in errors.
+
+    A UTF-8 BOM is skipped. Text that is not UTF-8, an HTML page, invalid JSON (with its byte offset)
+    and nesting too deep are one line each. NaN/Infinity literals are kept as markers, so that the
+    validator can name their record and field (:func:`validate_outputs`).
+    """
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise LaMPDataError(where, f"not UTF-8 text near byte {err.start}: {err.reason}") from None
+    text = data.removeprefix("\ufeff")
     if text.lstrip().startswith("<"):
-        raise LaMPDataError(path, _HTML)
+        raise LaMPDataError(where, _HTML)
     try:
-        decoder = _Decoder()
-        data = decoder.decode(text)
+        return _Decoder().decode(text)
     except RecursionError:
-        raise LaMPDataError(path, f"invalid JSON: {_TOO_DEEP}") from None
+        raise LaMPDataError(where, f"not valid JSON: {_TOO_DEEP}") from None
     except json.JSONDecodeError as err:
         at = len(text[: err.pos].encode("utf-8"))
-        raise LaMPDataError(path, f"invalid JSON at byte offset {at}: {err.msg}") from None
-
-    def gold_of(where: list) -> Any:  # golds[i] is the record an outputs file's error names
-        golds = data.get("golds") if isinstance(data, dict) else None
-        return golds[where[1]] if where[:1] == ["golds"] and len(where) > 1 else None
-
-    if decoder.found:
-        _refuse_not_json(path, data, record_of=gold_of)
-    return data
+        raise LaMPDataError(where, f"not valid JSON at byte offset {at}: {err.msg}") from None
 
 
 def _type_name(value: Any) -> str:
@@ -293,50 +307,101 @@ def _need(path, cond: bool, what: str, value: Any, record_id=None, field=None):
                             record_id=record_id, field=field)
 
 
-def read_outputs(path: str | Path, task: str | Task) -> dict[str, str]:
-    """Read ``{split}_outputs.json`` of ``task`` into ``{id: output}``, validating its structure.
+def validate_outputs(obj: Any, where, task: str | Task | None = None) -> tuple[str, dict[str, str]]:
+    """``(official task name, {id: output})`` of a decoded outputs file (:func:`parse_json`), in file order.
 
-    The file must be ``{"task": task.official_name, "golds": [{"id": str, "output": str}, ...]}``
-    with unique ids. Outputs files are small (golds only), so this reads the whole file.
+    The one validator of the format that gold outputs files and prediction files share:
+    ``{"task": <official name>, "golds": [{"id": str, "output": str}, ...]}`` with unique string ids
+    (as in the official files), extra keys allowed. A LaMP_3 output may also be a JSON number (read as
+    its ``str``; the official evaluator applies ``float`` to it). With ``task``, the file must be that
+    task's. Raises :class:`LaMPDataError` naming the file, record id and field.
     """
-    path, task = Path(path), get_task(task)
-    data = _read_json(path)
-    if isinstance(data, list):
-        raise LaMPDataError(path, "expected an outputs object {\"task\", \"golds\"}, got a JSON list "
-                                  "(a questions file?)")
-    _need(path, isinstance(data, dict), 'an object {"task", "golds"}', data)
-    if "task" not in data:
-        raise LaMPDataError(path, "missing", field="task")
-    if data["task"] != task.official_name:
-        raise LaMPDataError(path, f"this is the outputs file of task {data['task']!r}, expected "
-                                  f"{task.official_name!r}", field="task")
-    if "golds" not in data:
-        raise LaMPDataError(path, "missing", field="golds")
-    golds = data["golds"]
-    _need(path, isinstance(golds, list), "a list", golds, field="golds")
+    if not isinstance(obj, dict):
+        hint = " (a questions file?)" if isinstance(obj, list) else ""
+        raise LaMPDataError(where, f'expected an outputs object {{"task": ..., "golds": [...]}}, found a JSON '
+                                   f"{_type_name(obj)}{hint}")
+    _refuse_not_json(where, obj, records="golds")
+    for key in ("task", "golds"):
+        if key not in obj:
+            raise LaMPDataError(where, "missing", field=key)
+    name = obj["task"]
+    if name not in OFFICIAL_NAMES:
+        try:
+            hint = f"; did you mean {get_task(name).official_name!r}?"
+        except (ValueError, TypeError):
+            hint = ""
+        raise LaMPDataError(where, f"{name!r} is not an official task name ({', '.join(OFFICIAL_NAMES)}){hint}",
+                            field="task")
+    if task is not None and name != get_task(task).official_name:
+        raise LaMPDataError(where, f"the file is for {name}, not {get_task(task).official_name}", field="task")
+    golds = obj["golds"]
+    if not isinstance(golds, list):
+        raise LaMPDataError(where, f"expected a list, found a JSON {_type_name(golds)}", field="golds")
+    numbers = task_for(name).kind == "regression"
     out: dict[str, str] = {}
     for i, gold in enumerate(golds):
-        _need(path, isinstance(gold, dict), 'an object {"id", "output"}', gold, field=f"golds[{i}]")
+        if not isinstance(gold, dict):
+            raise LaMPDataError(where, f"golds[{i}] is a JSON {_type_name(gold)}, not an object "
+                                       '{"id", "output"}', field=f"golds[{i}]")
         if "id" not in gold:
-            raise LaMPDataError(path, f"missing (gold at index {i})", field="id")
+            raise LaMPDataError(where, f"missing (golds[{i}])", field="id")
         gid = gold["id"]
-        _need(path, isinstance(gid, str), "a string (the official files use string ids)", gid,
+        _need(where, isinstance(gid, str), "a string (the official files use string ids)", gid,
               field=f"golds[{i}].id")
-        if "output" not in gold:
-            raise LaMPDataError(path, "missing", record_id=gid, field="output")
-        _need(path, isinstance(gold["output"], str), "a string", gold["output"], gid, "output")
         if gid in out:
-            raise LaMPDataError(path, "duplicate gold id", record_id=gid, field="id")
-        out[gid] = gold["output"]
-    return out
+            raise LaMPDataError(where, "duplicate id", record_id=gid, field="id")
+        if "output" not in gold:
+            raise LaMPDataError(where, "missing", record_id=gid, field="output")
+        value = gold["output"]
+        number = numbers and isinstance(value, (int, float)) and not isinstance(value, bool)
+        _need(where, isinstance(value, str) or number, "a string" + (" or a number" if numbers else ""),
+              value, gid, "output")
+        out[gid] = value if isinstance(value, str) else str(value)
+    return name, out
 
 
-def parse_date(date: str) -> tuple[int, ...]:
+def read_outputs(path: str | Path, task: str | Task | None = None) -> tuple[str, dict[str, str]]:
+    """Read a gold outputs (or predictions) file: ``(official task name, {id: output})`` in file order.
+
+    See :func:`validate_outputs`; with ``task``, the file must be that task's. Outputs files are small
+    (a few MB), so this reads the whole file.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise LaMPError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise LaMPError(f"{path} is a directory; expected a JSON file") from None
+    return validate_outputs(parse_json(data, path), path, task)
+
+
+# --- questions files ------------------------------------------------------------------------------
+
+def parse_date(date) -> tuple[int, ...]:
     """A LaMP date as the official recency sort compares it: ``"2015-03-07"`` -> ``(2015, 3, 7)``."""
-    return tuple(int(part) for part in date.split("-"))
+    return tuple(int(part) for part in str(date).split("-"))
 
 
-def validate_item(path, task: Task, qid: str, j: int, item: Any, check_dates: bool):
+def date_problem(profile: list[dict]) -> tuple[str, str] | None:
+    """``(field, message)`` for the first item of a validated ``profile`` without a date the recency
+    ranking can sort by (a string of ``-``-separated integers), or None."""
+    for j, item in enumerate(profile):
+        if "date" not in item:
+            return f"profile[{j}].date", f"missing (item id {item['id']!r}); recency ranking needs dates"
+        date = item["date"]
+        try:
+            ok = isinstance(date, str) and bool(parse_date(date))
+        except ValueError:
+            ok = False
+        if not ok:
+            return (f"profile[{j}].date",
+                    f"{date!r} is not a date of '-'-separated integers (item id {item['id']!r})")
+    return None
+
+
+def validate_item(path, task: Task, qid: str, j: int, item: Any) -> None:
+    """Check profile item ``j`` of question ``qid``: an object with a string id and the task's fields."""
     where = f"profile[{j}]"
     _need(path, isinstance(item, dict), "an object", item, qid, where)
     if "id" not in item:
@@ -352,22 +417,11 @@ def validate_item(path, task: Task, qid: str, j: int, item: Any, check_dates: bo
             _need(path, ok, "a string or a number", value, qid, f"{where}.{name}")
         else:
             _need(path, isinstance(value, str), "a string", value, qid, f"{where}.{name}")
-    if check_dates:
-        if "date" not in item:
-            raise LaMPDataError(path, f"missing (item id {item['id']!r}); recency ranking needs dates",
-                                qid, f"{where}.date")
-        date = item["date"]
-        try:
-            ok = isinstance(date, str) and len(parse_date(date)) > 0
-        except ValueError:
-            ok = False
-        if not ok:
-            raise LaMPDataError(path, f"{date!r} is not a date of '-'-separated integers (item id "
-                                      f"{item['id']!r})", qid, f"{where}.date")
 
 
 def validate_question(path, task: Task, record: Any, index: int, *, check_dates: bool = False) -> str:
-    """Check one questions-file record's structure and types; return its id."""
+    """Check one questions-file record's structure and types (and its items' dates, with
+    ``check_dates``); return its id."""
     if not isinstance(record, dict):
         raise LaMPDataError(path, f"record at index {index} must be an object, got {_type_name(record)}")
     if "id" not in record:
@@ -385,9 +439,11 @@ def validate_question(path, task: Task, record: Any, index: int, *, check_dates:
     fields = task.item_fields
     for j, item in enumerate(profile):
         # Fast path for the common, well-formed item; the full check names what is wrong.
-        if (check_dates or type(item) is not dict or type(item.get("id")) is not str
+        if (type(item) is not dict or type(item.get("id")) is not str
                 or any(type(item.get(name)) is not str for name in fields)):
-            validate_item(path, task, qid, j, item, check_dates)
+            validate_item(path, task, qid, j, item)
+    if check_dates and (problem := date_problem(profile)) is not None:
+        raise LaMPDataError(path, problem[1], qid, problem[0])
     if "user_id" in record:
         uid = record["user_id"]
         ok = isinstance(uid, (str, int)) and not isinstance(uid, bool)
@@ -407,7 +463,7 @@ def iter_examples(task: str | Task, questions_path: str | Path, outputs_path: st
     ``with_text`` yields ``(example, the record's JSON text)`` pairs (the store keeps that text).
     """
     task, questions_path = get_task(task), Path(questions_path)
-    golds = read_outputs(outputs_path, task) if outputs_path is not None else None
+    golds = read_outputs(outputs_path, task)[1] if outputs_path is not None else None
     seen: set[str] = set()
     records = iter_json_array(questions_path, chunk_size=chunk_size, progress=progress, with_text=with_text)
     for index, record in enumerate(records):

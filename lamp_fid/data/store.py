@@ -40,13 +40,13 @@ import numpy as np
 
 from lamp_fid.data.example import Example
 from lamp_fid.data.paths import default_cache_dir, split_paths
-from lamp_fid.data.reader import iter_examples, validate_item
-from lamp_fid.errors import LaMPError
+from lamp_fid.data.reader import date_problem, iter_examples
+from lamp_fid.errors import LaMPDataError, LaMPError
 from lamp_fid.io import atomic_write, make_folder, write_error
 from lamp_fid.tasks import Task, get_task
 
 FORMAT = 2  # part of the fingerprint (and so of every ranking cache's key): bump only if contents change
-LAYOUT = 3  # the files of a store folder; a store of another layout is rebuilt in place
+LAYOUT = 4  # the files of a store folder; a store of another layout is rebuilt in place
 _RACY_NS = 2_000_000_000  # a file changed this close to hashing might change again without a new time stamp
 _FILES = ("records.jsonl", "offsets.npy", "sizes.npy", "ids.json", "outputs.json")
 
@@ -140,17 +140,20 @@ def _clean_dead_builds(stores: Path, own: str) -> None:
 
 
 def _build(task: Task, questions_path: Path, outputs_path: Path | None, final: Path, meta: dict,
-           check_dates: bool, progress: bool, cache_dir: Path) -> None:
+           progress: bool, cache_dir: Path) -> None:
     """Stream the files into a temp folder beside ``final``, then rename it into place. The digests of
-    the new files are memoized at once: they were computed from the bytes written."""
+    the new files are memoized at once: they were computed from the bytes written. The first item
+    without a sortable date is recorded (``date_problem`` in meta.json) for recency ranking."""
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        offsets, sizes, ids, outputs = [0], [], [], []
+        offsets, sizes, ids, outputs, dates = [0], [], [], [], None
         records = hashlib.blake2b(digest_size=20)
         with open(tmp / "records.jsonl", "wb") as f:
-            for ex, text in iter_examples(task, questions_path, outputs_path, check_dates=check_dates,
-                                          progress=progress, with_text=True):
+            for ex, text in iter_examples(task, questions_path, outputs_path, progress=progress,
+                                          with_text=True):
+                if dates is None and (problem := date_problem(ex.profile)) is not None:
+                    dates = {"record_id": ex.id, "field": problem[0], "message": problem[1]}
                 line = text.encode("utf-8") + b"\n"
                 f.write(line)
                 records.update(line)
@@ -165,7 +168,7 @@ def _build(task: Task, questions_path: Path, outputs_path: Path | None, final: P
         digests = {name: file_digest(tmp / name) for name in _FILES if name != "records.jsonl"}
         digests["records.jsonl"] = records.hexdigest()
         files = {name: {"size": (tmp / name).stat().st_size, "digest": digests[name]} for name in _FILES}
-        meta = dict(meta, n=len(ids), dates_checked=check_dates, files=files,
+        meta = dict(meta, n=len(ids), date_problem=dates, files=files,
                     created=time.strftime("%Y-%m-%d %H:%M:%S"))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         os.rename(tmp, final)
@@ -242,8 +245,9 @@ class LaMPStore:
              progress: bool = True) -> "LaMPStore":
         """Open the store of a questions file (+ outputs file), building it on first use.
 
-        Validation (see :mod:`lamp_fid.data.reader`) happens while building; ``check_dates=True``
-        (recency ranking) also checks every item's date, once per store. ``cache_dir`` defaults to
+        Validation (see :mod:`lamp_fid.data.reader`) happens once, while building, dates included:
+        ``check_dates=True`` (recency ranking) raises the recorded error of the first item without a
+        sortable date, without reading the data again. ``cache_dir`` defaults to
         :func:`lamp_fid.data.paths.default_cache_dir`; stores live in its ``stores/`` folder.
         """
         task = get_task(task)
@@ -267,10 +271,11 @@ class LaMPStore:
                                 has_outputs=outputs_path is not None,
                                 questions_path=str(questions_path.resolve()),
                                 outputs_path=None if outputs_path is None else str(outputs_path.resolve()))
-                    _build(task, questions_path, outputs_path, final, meta, check_dates, progress, root)
+                    _build(task, questions_path, outputs_path, final, meta, progress, root)
         store = cls(final, task, questions_path, outputs_path)
-        if check_dates and not store.meta.get("dates_checked"):
-            store._check_dates()
+        problem = store.meta["date_problem"]
+        if check_dates and problem is not None:
+            raise LaMPDataError(questions_path, problem["message"], problem["record_id"], problem["field"])
         return store
 
     @classmethod
@@ -279,13 +284,6 @@ class LaMPStore:
         """Open the store of a downloaded split (the layout of :func:`lamp_fid.data.paths.split_paths`)."""
         questions, outputs = split_paths(data_dir, task, split, time_split)
         return cls.open(task, questions, outputs, **options)
-
-    def _check_dates(self):
-        for ex in self:
-            for j, item in enumerate(ex.profile):
-                validate_item(self.questions_path, self.task, ex.id, j, item, check_dates=True)
-        self.meta["dates_checked"] = True
-        atomic_write(self.directory / "meta.json", json.dumps(self.meta, indent=1), overwrite=True)
 
     # --- access ---------------------------------------------------------------------------------
 

@@ -10,13 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from lamp_fid.data.example import Example
+from lamp_fid.data.reader import parse_date
 from lamp_fid.errors import LaMPDataError
 from lamp_fid.retrieval.base import Retriever
-
-
-def date_key(date) -> tuple[int, ...]:
-    """A date as the official code compares it: ``"2019-03-07"`` -> ``(2019, 3, 7)``."""
-    return tuple(int(part) for part in str(date).split("-"))
 
 
 class RecencyRetriever(Retriever):
@@ -32,7 +28,7 @@ class RecencyRetriever(Retriever):
                                     "(the recency retriever needs one on every item)",
                                     record_id=example.id, field="date")
             try:
-                keys.append(date_key(item["date"]))
+                keys.append(parse_date(item["date"]))
             except ValueError:
                 raise LaMPDataError(self.source, f"profile item {item.get('id')!r} has an unparseable "
                                     f"date {item['date']!r} (expected YYYY-MM-DD)",

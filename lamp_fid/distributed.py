@@ -18,8 +18,8 @@ def gather_objects(obj: Any) -> list:
     return out
 
 
-def merge_rank_outputs(per_rank: list[list[tuple[str, str]]]) -> dict[str, str]:
-    """Merge per-rank ``(id, text)`` lists into one dict in dataset order, first occurrence wins.
+def merge_rank_outputs(per_rank: list[list[tuple[str, Any]]]) -> dict[str, Any]:
+    """Merge per-rank ``(id, value)`` lists into one dict in dataset order, first occurrence wins.
 
     Lightning's evaluation sampler deals example i to rank i % world_size in order, so reading the
     ranks round-robin restores the dataset order; the duplicates that pad the last shard are dropped.

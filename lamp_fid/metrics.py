@@ -1,8 +1,9 @@
-"""Official-equivalent LaMP metrics: ``score`` for prediction files, ``LaMPMetric`` for training.
+"""Official-equivalent LaMP metrics: ``score`` for prediction files and for training's eval epochs.
 
-Both reproduce the official evaluator (LaMP's eval/evaluation.py; LAMP_SPEC.md section 4) through one
-code path: every example becomes a row of two numbers chosen by the task's kind, and the rows are
-aggregated by the kind. The rows are
+``score`` reproduces the official evaluator (LaMP's eval/evaluation.py; LAMP_SPEC.md section 4): every
+example becomes a row of two numbers chosen by the task's kind, and the rows are aggregated by the
+kind. ``FiDModule`` scores each eval epoch's outputs with it, once they are gathered from every rank
+and deduplicated (one gather per epoch; see ``FiDModule._eval_epoch_end``). The rows are
 
 - classification: (prediction's label index, gold's label index), -1 for a prediction that is not a
   label (never a hit); a gold that is not a label is a data error (the official evaluator maps it to
@@ -10,22 +11,15 @@ aggregated by the kind. The rows are
 - regression: (predicted rating, gold rating) in float32 precision, the official fallback applied to
   unparsable predictions;
 - generation: (ROUGE-1 F, ROUGE-L F) of ``rouge_score`` without stemming.
-
-``LaMPMetric`` keeps the rows per example with a hash of the example id, so that under DDP the
-duplicates that ``DistributedSampler`` pads the last shard with are counted once.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
-import torch
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 from lamp_fid.errors import LaMPError
 from lamp_fid.tasks import TASKS, Task, get_task
@@ -101,6 +95,7 @@ def _rating_rows(task: Task, preds: Sequence[str], golds: Sequence[str], names: 
 
 @functools.lru_cache(maxsize=1)
 def _rouge_scorer():
+    # lazy: rouge_score (with nltk) takes seconds to import and only the generation tasks need it
     from rouge_score.rouge_scorer import RougeScorer
 
     return RougeScorer(list(ROUGE_KEYS), use_stemmer=False)
@@ -221,59 +216,3 @@ def score(task: str | Task, preds: Sequence[str], golds: Sequence[str], *, boots
     ``ids`` (optional) only name the examples in error messages.
     """
     return aggregate(task, example_rows(task, preds, golds, ids), bootstrap=bootstrap, n_boot=n_boot, seed=seed)
-
-
-# --- torchmetrics -------------------------------------------------------------------------------
-
-def id_hash(example_id) -> int:
-    """A stable signed 64-bit hash of an example id (blake2b of its UTF-8 text; not Python's ``hash``)."""
-    digest = hashlib.blake2b(str(example_id).encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)
-
-
-class LaMPMetric(Metric):
-    """The official LaMP metrics of one task as a torchmetrics ``Metric``, safe under DDP.
-
-    ``update(preds, golds, ids)`` takes decoded strings and the examples' ids; ``compute()`` returns
-    ``{metric name: tensor}`` with the keys and values of :func:`score` (plain-mean ROUGE). States are
-    per example (id hash and a two-number row, gathered by concatenation), and ``compute`` keeps the
-    first occurrence of every id, so duplicates (DistributedSampler's padding, a re-run batch) count once.
-    """
-
-    is_differentiable = False
-    higher_is_better = None  # depends on the metric: see Task.monitor_mode
-    full_state_update = False
-
-    def __init__(self, task: str | Task, **kwargs):
-        super().__init__(**kwargs)
-        self.task = get_task(task)
-        self.add_state("ids", default=[], dist_reduce_fx="cat")
-        # row columns: (pred index, gold index) | (pred rating, gold rating) | (rouge-1 F, rouge-L F)
-        self.add_state("x", default=[], dist_reduce_fx="cat")
-        self.add_state("y", default=[], dist_reduce_fx="cat")
-
-    def _float(self) -> torch.dtype:
-        return torch.float32 if self.device.type == "mps" else torch.float64  # MPS has no float64
-
-    def update(self, preds: Sequence[str], golds: Sequence[str], ids: Iterable) -> None:
-        """Add a batch of decoded predictions, gold outputs and example ids."""
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        ids = list(ids)
-        if len(ids) != len(preds):
-            raise LaMPError(f"{len(preds)} predictions but {len(ids)} ids")
-        rows = torch.as_tensor(example_rows(self.task, preds, golds, ids), dtype=self._float(), device=self.device)
-        self.ids.append(torch.tensor([id_hash(i) for i in ids], dtype=torch.int64, device=self.device))
-        self.x.append(rows[:, 0])
-        self.y.append(rows[:, 1])
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        """The task's metrics over the distinct example ids seen (on all ranks)."""
-        if isinstance(self.ids, list) and not self.ids:
-            return {k: torch.tensor(math.nan, dtype=self._float(), device=self.device) for k in self.task.metrics}
-        ids = dim_zero_cat(self.ids).cpu().numpy()
-        rows = torch.stack([dim_zero_cat(self.x), dim_zero_cat(self.y)], dim=1).cpu().double().numpy()
-        _, first = np.unique(ids, return_index=True)
-        rows = rows[np.sort(first)]  # first occurrence of each id, in the order they were seen
-        values = aggregate(self.task, rows)
-        return {k: torch.tensor(v, dtype=self._float(), device=self.device) for k, v in values.items()}

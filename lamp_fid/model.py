@@ -6,7 +6,7 @@ which the fused path is exactly the plain seq2seq forward.
 
 from __future__ import annotations
 
-import importlib
+import functools
 import math
 import re
 from typing import Literal
@@ -19,24 +19,22 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from lamp_fid.distributed import gather_objects, merge_rank_outputs
 from lamp_fid.errors import LaMPError
-from lamp_fid.metrics import LaMPMetric
+from lamp_fid.metrics import score
 from lamp_fid.tasks import get_task
 
-# The paper's optimizer. A class_path dict (not a lambda) so `--help`/`--print_config` show it and
-# `--model.optimizer.lr=...` can override one argument.
-DEFAULT_OPTIMIZER: dict = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 5e-5, "weight_decay": 1e-4}}
+#: The paper's optimizer: AdamW, lr 5e-5, weight decay 1e-4 (the CLI's default too: `cli_default`).
+PAPER_OPTIMIZER = functools.partial(torch.optim.AdamW, lr=5e-5, weight_decay=1e-4)
 
 # Like HF Trainer (the official script's trainer): no weight decay on biases and norm weights.
 _NO_DECAY = re.compile(r"bias|norm", re.IGNORECASE)
 
 
-def build_optimizer(optimizer: OptimizerCallable | dict, params) -> torch.optim.Optimizer:
-    """Instantiate ``optimizer`` (a callable from the CLI, or a class_path dict) over ``params``."""
-    if callable(optimizer):
-        return optimizer(params)
-    module, _, name = optimizer["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    return cls(params, **optimizer.get("init_args", {}))
+def cli_default(optimizer: functools.partial) -> dict:
+    """A partial over an optimizer class as the CLI writes it (``class_path``, ``init_args``): the
+    parser's default for ``--model.optimizer``, so that `--print_config` shows it and
+    ``--model.optimizer.lr=...`` overrides one argument (jsonargparse cannot serialize a partial)."""
+    cls = optimizer.func
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(optimizer.keywords)}
 
 
 class FiDModule(LightningModule):
@@ -46,7 +44,7 @@ class FiDModule(LightningModule):
         self,
         task: str = "LaMP_2",
         model_name_or_path: str = "google/flan-t5-base",
-        optimizer: OptimizerCallable = DEFAULT_OPTIMIZER,
+        optimizer: OptimizerCallable = PAPER_OPTIMIZER,
         warmup_ratio: float = 0.05,
         num_beams: int = 4,
         max_new_tokens: int = 128,
@@ -96,15 +94,13 @@ class FiDModule(LightningModule):
                 self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
             else:
                 self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        self.val_metric = LaMPMetric(self.task.name)
-        self.test_metric = LaMPMetric(self.task.name)
         self.predictions: dict[str, str] = {}  # id -> decoded output of the last validate/test epoch
-        self._step_outputs: list[tuple[str, str]] = []
-        self._has_golds = False
+        self._step_outputs: list[tuple[str, tuple[str, str | None]]] = []  # (id, (output, gold))
         self._label_ids: list[torch.Tensor] | None = None
 
     @staticmethod
     def _load(path: str):
+        # lazy: the auto classes cost seconds to import, and `lamp-fid fit --help` imports this module
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
         try:
@@ -177,7 +173,7 @@ class FiDModule(LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["ids"]))
         return loss
 
-    def _eval_step(self, batch: dict, stage: str, metric: LaMPMetric) -> None:
+    def _eval_step(self, batch: dict, stage: str) -> None:
         encoded, mask = self.fuse(batch["input_ids"], batch["attention_mask"])
         if batch.get("labels") is not None:
             loss = self.model(encoder_outputs=encoded, attention_mask=mask, labels=batch["labels"],
@@ -185,41 +181,41 @@ class FiDModule(LightningModule):
             self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, prog_bar=True,
                      batch_size=len(batch["ids"]))
         preds = self.decode(encoded, mask)
-        self._step_outputs.extend(zip(batch["ids"], preds))
-        if batch.get("targets") is not None:
-            metric.update(preds, list(batch["targets"]), list(batch["ids"]))
-            self._has_golds = True
-
-    def _eval_epoch_start(self) -> None:
-        self._step_outputs, self._has_golds = [], False
-
-    def _eval_epoch_end(self, stage: str, metric: LaMPMetric) -> None:
-        self.predictions = merge_rank_outputs(gather_objects(self._step_outputs))
-        self._step_outputs = []
-        if any(gather_objects(self._has_golds)):
-            # compute() already syncs and dedupes across ranks: every rank holds the same values, and
-            # "max" of equal values keeps them bit-exact (a mean over ranks might not).
-            values = {f"{stage}/{name}": value for name, value in metric.compute().items()}
-            self.log_dict(values, sync_dist=True, reduce_fx="max", prog_bar=True)
-        metric.reset()
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "val", self.val_metric)
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test", self.test_metric)
+        golds = batch.get("targets") or [None] * len(preds)
+        self._step_outputs.extend(zip(batch["ids"], zip(preds, golds)))
 
     def on_validation_epoch_start(self) -> None:
-        self._eval_epoch_start()
+        self._step_outputs = []
 
     def on_test_epoch_start(self) -> None:
-        self._eval_epoch_start()
+        self._step_outputs = []
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        """The epoch's predictions, and the official metrics of those with golds, from one gather."""
+        # Every rank's (id, (output, gold)) in dataset order; DistributedSampler's padding duplicates
+        # are dropped, so every rank holds the same outputs and computes the same metrics.
+        merged = merge_rank_outputs(gather_objects(self._step_outputs))
+        self._step_outputs = []
+        self.predictions = {i: pred for i, (pred, _) in merged.items()}
+        golds = {i: gold for i, (_, gold) in merged.items() if gold is not None}
+        if golds:
+            values = score(self.task, [self.predictions[i] for i in golds], list(golds.values()), ids=list(golds))
+            dtype = torch.float32 if self.device.type == "mps" else torch.float64  # MPS has no float64
+            # equal on every rank: "max" keeps them bit-exact (sync_dist only tells Lightning so)
+            self.log_dict({f"{stage}/{k}": torch.tensor(v, dtype=dtype, device=self.device)
+                           for k, v in values.items()}, sync_dist=True, reduce_fx="max", prog_bar=True)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val", self.val_metric)
+        self._eval_epoch_end("val")
 
     def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test", self.test_metric)
+        self._eval_epoch_end("test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[tuple[str, str]]:
         """``[(example id, decoded output), ...]`` for the batch."""
@@ -237,9 +233,10 @@ class FiDModule(LightningModule):
         return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     def configure_optimizers(self):
-        from transformers import get_linear_schedule_with_warmup
+        # lazy: transformers.optimization registers its own optimizers, which `--help` would then list
+        from transformers.optimization import get_linear_schedule_with_warmup
 
-        optimizer = build_optimizer(self.optimizer, self.parameter_groups())
+        optimizer = self.optimizer(self.parameter_groups())
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
             raise LaMPError("the linear schedule needs a finite run: "

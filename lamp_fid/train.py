@@ -181,6 +181,8 @@ class LaMPCLI(LightningCLI):
     """LightningCLI with LaMP run folders, task-aware checkpointing and linked model/data options."""
 
     def add_arguments_to_parser(self, parser) -> None:
+        from lamp_fid.model import PAPER_OPTIMIZER, cli_default
+
         parser.add_argument("--run_name", type=str | None, default=None,
                             help="name of the run folder (default: <task>-<mode>-<retriever>-k<k>)")
         parser.add_argument("--runs_dir", type=Path, default=Path("checkpoints"),
@@ -195,6 +197,7 @@ class LaMPCLI(LightningCLI):
             "checkpoint.save_last": False,  # last.ckpt comes from last_checkpoint() below
             "checkpoint.save_top_k": 1,
             "checkpoint.filename": "best-{epoch}-{step}",
+            "model.optimizer": cli_default(PAPER_OPTIMIZER),  # FiDModule's default, as the CLI writes it
         })
         parser.link_arguments("data.task", "model.task")
         parser.link_arguments("model.model_name_or_path", "data.tokenizer")

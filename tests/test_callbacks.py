@@ -15,7 +15,7 @@ from lamp_fid.distributed import merge_rank_outputs
 from lamp_fid.model import FiDModule
 from lamp_fid.predictions import read_predictions
 from lamp_fid.tasks import get_task
-from tiny import build_tiny_t5, contract_loader
+from tiny import build_tiny_t5, passage_loader
 
 TEXTS = ["what a lovely day", "the city council approved the new park today",
          "we study retrieval for personalization", "great product, works as described"]
@@ -43,7 +43,7 @@ def test_predict_and_test_write_the_official_format(tiny_path, tmp_path):
     m = FiDModule(task="LaMP_2", model_name_or_path=tiny_path, num_beams=2, max_new_tokens=5)
     rows = examples(5, with_targets=False)  # ids q5..q1: dataset order is not sorted order
     writer = LaMPPredictionWriter()
-    out = trainer(tmp_path, [writer]).predict(m, contract_loader(m.tokenizer, rows, batch_size=2))
+    out = trainer(tmp_path, [writer]).predict(m, passage_loader(m.tokenizer, rows, batch_size=2))
     returned = [pair for batch in out for pair in batch]
     path = tmp_path / "LaMP_2-predict-predictions.json"  # default: the log dir (default_root_dir here)
     assert writer.written["predict"] == path
@@ -54,7 +54,7 @@ def test_predict_and_test_write_the_official_format(tiny_path, tmp_path):
 
     gold_rows = examples(5)
     writer = LaMPPredictionWriter(path=str(tmp_path / "out" / "{task}_{stage}.json"))
-    trainer(tmp_path, [writer]).test(m, contract_loader(m.tokenizer, gold_rows, batch_size=2), verbose=False)
+    trainer(tmp_path, [writer]).test(m, passage_loader(m.tokenizer, gold_rows, batch_size=2), verbose=False)
     task, preds = read_predictions(tmp_path / "out" / "LaMP_2_test.json", "LaMP_2")
     assert list(preds) == [r["id"] for r in gold_rows] and preds == m.predictions
 
@@ -62,7 +62,7 @@ def test_predict_and_test_write_the_official_format(tiny_path, tmp_path):
 def test_news_task_files_carry_the_official_name(tiny_path, tmp_path):
     m = FiDModule(task="LaMP_2N", model_name_or_path=tiny_path, num_beams=1, max_new_tokens=3)
     writer = LaMPPredictionWriter(path=str(tmp_path / "p.json"))
-    trainer(tmp_path, [writer]).predict(m, contract_loader(m.tokenizer, examples(2, False)))
+    trainer(tmp_path, [writer]).predict(m, passage_loader(m.tokenizer, examples(2, False)))
     assert json.loads((tmp_path / "p.json").read_text())["task"] == "LaMP_2"
 
 
@@ -81,7 +81,7 @@ def test_hf_export_holds_the_best_checkpoint_not_the_last(tiny_path, tmp_path):
     torch.manual_seed(0)
     m = FiDModule(task="LaMP_2", model_name_or_path=tiny_path, decoding="labels",
                   optimizer=partial(torch.optim.AdamW, lr=1e-2))
-    data = contract_loader(m.tokenizer, examples(6), batch_size=3)
+    data = passage_loader(m.tokenizer, examples(6), batch_size=3)
     # the lowest epoch is "best": by construction the first epoch's weights, not the last ones (a
     # monitored loss would make it depend on what a tiny random model learns)
     ckpt = ModelCheckpoint(dirpath=str(tmp_path / "run"), monitor="epoch", mode="min", save_top_k=1)

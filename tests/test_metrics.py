@@ -10,7 +10,7 @@ from rouge_score import rouge_scorer, scoring
 from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, mean_squared_error
 
 from lamp_fid.errors import LaMPError
-from lamp_fid.metrics import LaMPMetric, id_hash, score
+from lamp_fid.metrics import score
 
 # Label sets as LAMP_SPEC.md section 1 writes them (an independent copy of the task table's).
 SPEC_LABELS = {
@@ -198,7 +198,7 @@ def test_input_errors():
         score("LaMP_9", ["x"], ["x"])
 
 
-# --- LaMPMetric --------------------------------------------------------------------------------
+# --- data for the eval-epoch tests (tests/test_model.py) and DDP ---------------------------------
 
 def task_data(task: str, n: int, seed: int = 0):
     rng = random.Random(seed)
@@ -212,56 +212,6 @@ def task_data(task: str, n: int, seed: int = 0):
 
 
 ALL_TASKS = ["LaMP_1", "LaMP_2", "LaMP_2N", "LaMP_3", "LaMP_4", "LaMP_7"]
-
-
-@pytest.mark.parametrize("task", ALL_TASKS)
-def test_metric_equals_score(task):
-    preds, golds = task_data(task, 53)
-    ids = [f"q{i}" for i in range(53)]
-    metric = LaMPMetric(task)
-    for start in range(0, 53, 8):
-        metric.update(preds[start:start + 8], golds[start:start + 8], ids[start:start + 8])
-    got, want = metric.compute(), score(task, preds, golds)
-    assert list(got) == list(want)
-    for k in want:
-        assert got[k].item() == pytest.approx(want[k], abs=1e-12)
-
-
-@pytest.mark.parametrize("task", ALL_TASKS)
-def test_metric_counts_duplicated_ids_once(task):
-    preds, golds = task_data(task, 20, seed=3)
-    ids = [str(i) for i in range(20)]
-    metric = LaMPMetric(task)
-    metric.update(preds, golds, ids)
-    metric.update(preds[:5], golds[:5], ids[:5])  # e.g. DistributedSampler's padding
-    got, want = metric.compute(), score(task, preds, golds)
-    for k in want:
-        assert got[k].item() == pytest.approx(want[k], abs=1e-12)
-    with_dups = score(task, preds + preds[:5], golds + golds[:5])
-    assert any(abs(with_dups[k] - want[k]) > 1e-6 for k in want)  # the data can tell the difference
-
-
-@pytest.mark.filterwarnings("ignore:The ``compute`` method")
-def test_metric_keeps_distinct_ids_with_equal_rows_and_resets():
-    metric = LaMPMetric("LaMP_1")
-    metric.update(["[1]", "[1]", "[2]"], ["[1]", "[1]", "[1]"], ["a", "b", "c"])
-    assert metric.compute()["accuracy"].item() == pytest.approx(2 / 3)
-    metric.reset()
-    assert math.isnan(metric.compute()["accuracy"].item())
-    metric.update(["[2]"], ["[2]"], torch.tensor([7]))  # tensor ids are accepted
-    assert metric.compute()["accuracy"].item() == 1.0
-
-
-def test_metric_update_errors():
-    metric = LaMPMetric("LaMP_4")
-    with pytest.raises(LaMPError, match="ids"):
-        metric.update(["a"], ["a"], ["1", "2"])
-
-
-def test_id_hash_is_stable_and_64_bit():
-    assert id_hash("110") == id_hash("110") != id_hash("111")
-    assert id_hash(110) == id_hash("110")
-    assert -(2 ** 63) <= id_hash("東京") < 2 ** 63
 
 
 # --- DDP --------------------------------------------------------------------------------------
@@ -281,6 +231,8 @@ def ddp_data(task: str):
 def _ddp_worker(rank: int, world: int, init_file: str, result_file: str):
     import json
 
+    from lamp_fid.distributed import gather_objects, merge_rank_outputs
+
     import torch.distributed as dist
     from torch.utils.data import DistributedSampler
 
@@ -293,10 +245,10 @@ def _ddp_worker(rank: int, world: int, init_file: str, result_file: str):
             ids = [f"id-{i}" for i in range(7)]
             sampler = DistributedSampler(range(7), num_replicas=world, rank=rank, shuffle=False)
             shard = list(sampler)  # 7 examples on 2 ranks: rank 1 gets example 0 again as padding
-            metric = LaMPMetric(task)
-            for i in shard:
-                metric.update([preds[i]], [golds[i]], [ids[i]])
-            out[task] = {"shard": shard, "values": {k: v.item() for k, v in metric.compute().items()}}
+            # what FiDModule does at the end of an eval epoch: one gather, merge, score
+            merged = merge_rank_outputs(gather_objects([(ids[i], (preds[i], golds[i])) for i in shard]))
+            values = score(task, [p for p, _ in merged.values()], [g for _, g in merged.values()])
+            out[task] = {"shard": shard, "values": values}
         with open(f"{result_file}.{rank}", "w") as f:
             json.dump(out, f)
     finally:

@@ -14,9 +14,10 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from lamp_fid.errors import LaMPError
 from lamp_fid.metrics import score
-from lamp_fid.model import DEFAULT_OPTIMIZER, FiDModule, build_optimizer
+from lamp_fid.model import PAPER_OPTIMIZER, FiDModule
 from lamp_fid.tasks import get_task
-from tiny import build_tiny_t5, contract_batch, contract_loader
+from test_metrics import ALL_TASKS, task_data
+from tiny import build_tiny_t5, passage_batch, passage_loader
 
 TEXTS = [
     "what a lovely day",
@@ -46,7 +47,7 @@ def quiet_trainer(**kw) -> Trainer:
 @torch.no_grad()
 def test_one_passage_fid_loss_is_the_plain_model_loss(tiny_path):
     m = fid(tiny_path)
-    b = contract_batch(m.tokenizer, [[TEXTS[0]], [TEXTS[1]], [TEXTS[2]]], ["lovely day", "park", "retrieval"])
+    b = passage_batch(m.tokenizer, [[TEXTS[0]], [TEXTS[1]], [TEXTS[2]]], ["lovely day", "park", "retrieval"])
     fused = m(b["input_ids"], b["attention_mask"], b["labels"]).loss
     plain = m.model(input_ids=b["input_ids"][:, 0], attention_mask=b["attention_mask"][:, 0],
                     labels=b["labels"]).loss
@@ -57,7 +58,7 @@ def test_one_passage_fid_loss_is_the_plain_model_loss(tiny_path):
 @torch.no_grad()
 def test_one_passage_generation_is_the_plain_generation(tiny_path, num_beams):
     m = fid(tiny_path, num_beams=num_beams, max_new_tokens=6)
-    b = contract_batch(m.tokenizer, [[t] for t in TEXTS], None)
+    b = passage_batch(m.tokenizer, [[t] for t in TEXTS], None)
     plain = m.model.generate(input_ids=b["input_ids"][:, 0], attention_mask=b["attention_mask"][:, 0],
                              num_beams=num_beams, max_new_tokens=6)
     expected = m.tokenizer.batch_decode(plain, skip_special_tokens=True)
@@ -71,8 +72,10 @@ def test_fully_masked_passages_change_nothing(tiny_path, skip):
     m = fid(tiny_path, max_new_tokens=6, skip_empty_passages=skip)
     passages = [[TEXTS[0], TEXTS[3]], [TEXTS[1]], [TEXTS[2], TEXTS[4]]]  # the 2nd user has one item
     targets = ["lovely day", "park", "retrieval"]
-    tight = contract_batch(m.tokenizer, passages, targets, k=2)
-    padded = contract_batch(m.tokenizer, passages, targets, k=4)
+    tight = passage_batch(m.tokenizer, passages, targets)  # [3, 2, L]: the 2nd user's 2nd passage is padding
+    padded = dict(tight)  # two more all-padding passages per example: [3, 4, L]
+    for key in ("input_ids", "attention_mask"):
+        padded[key] = torch.nn.functional.pad(tight[key], (0, 0, 0, 2), value=0)
     assert padded["attention_mask"][:, 2:].sum() == 0 and padded["attention_mask"][1, 1].sum() == 0
     loss_tight = m(tight["input_ids"], tight["attention_mask"], tight["labels"]).loss
     loss_padded = m(padded["input_ids"], padded["attention_mask"], padded["labels"]).loss
@@ -88,7 +91,7 @@ def test_fully_masked_passages_change_nothing(tiny_path, skip):
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_path):
-    b = contract_batch(fid(tiny_path).tokenizer, [[TEXTS[0], TEXTS[1]], [TEXTS[2]]], ["day", "park"])
+    b = passage_batch(fid(tiny_path).tokenizer, [[TEXTS[0], TEXTS[1]], [TEXTS[2]]], ["day", "park"])
     grads = []
     for ckpt in (False, True):
         m = FiDModule(task="LaMP_7", model_name_or_path=tiny_path, gradient_checkpointing=ckpt).train()
@@ -126,26 +129,34 @@ def test_optimizer_groups_and_warmup_then_linear_decay(tiny_path):
     assert math.isclose(lrs[27], 5e-5 * (50 - 27) / (50 - warmup)) and lrs[50] == 0.0
 
 
-def test_optimizer_from_the_cli_and_from_python(tiny_path):
-    from lightning.pytorch.cli import LightningCLI
+def test_optimizer_from_the_cli_and_from_python(tiny_path, tmp_path):
+    from lamp_fid.data.fake import write_fake_split
+    from lamp_fid.train import lightning_main
 
+    for split in ("train", "dev"):
+        write_fake_split(tmp_path / "data", "LaMP_7", split, 2, profile_size=(1, 2), words=(3, 5))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cli = LightningCLI(FiDModule, run=False, auto_configure_optimizers=False, save_config_callback=None,
-                           args=["--model.model_name_or_path", tiny_path, "--model.optimizer.lr=0.25"])
-    opt = build_optimizer(cli.model.optimizer, cli.model.parameters())
+        cli = lightning_main([  # the real CLI: one optimizer step, no validation
+            "fit", "--data.task", "LaMP_7", "--data.data_dir", str(tmp_path / "data"), "--data.download", "false",
+            "--data.cache_dir", str(tmp_path / "cache"), "--data.mode", "none", "--runs_dir", str(tmp_path / "runs"),
+            "--model.model_name_or_path", tiny_path, "--model.optimizer.lr=0.25", "--trainer.max_steps", "1",
+            "--trainer.limit_val_batches", "0", "--trainer.accelerator", "cpu",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])
+    opt = cli.trainer.optimizers[0]
     assert isinstance(opt, torch.optim.AdamW)
     assert opt.defaults["lr"] == 0.25 and opt.defaults["weight_decay"] == 1e-4  # default kept, one override
-    assert build_optimizer(DEFAULT_OPTIMIZER, cli.model.parameters()).defaults["lr"] == 5e-5
-    sgd = build_optimizer(partial(torch.optim.SGD, lr=0.5), cli.model.parameters())
-    assert isinstance(sgd, torch.optim.SGD)
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    assert PAPER_OPTIMIZER(params).defaults["lr"] == 5e-5  # the default from Python: the same optimizer
+    sgd = FiDModule(model_name_or_path=tiny_path, optimizer=partial(torch.optim.SGD, lr=0.5))
+    assert isinstance(sgd.optimizer(params), torch.optim.SGD)
 
 
 @torch.no_grad()
 def test_label_decoding_picks_the_most_likely_label(tiny_path):
     m = fid(tiny_path, task="LaMP_3", decoding="labels")
     task = get_task("LaMP_3")
-    b = contract_batch(m.tokenizer, [[t] for t in TEXTS], None)
+    b = passage_batch(m.tokenizer, [[t] for t in TEXTS], None)
     chosen = m.generate(b["input_ids"], b["attention_mask"])
     for i, text in enumerate(TEXTS):  # oracle: the plain model's mean token loss times the label length
         scores = []
@@ -192,10 +203,10 @@ def test_fit_validate_and_test_log_the_official_metrics(tiny_path):
                   optimizer=partial(torch.optim.AdamW, lr=1e-2))
     assert all(mod.training for mod in m.modules())  # dropout must be active in fit
     before = [p.detach().clone() for p in m.parameters()]
-    train = contract_loader(m.tokenizer, movie_examples(8), batch_size=4)
+    train = passage_loader(m.tokenizer, movie_examples(8), batch_size=4)
     dev_examples = movie_examples(7)
     golds = [e["target"] for e in dev_examples]
-    dev = contract_loader(m.tokenizer, dev_examples, batch_size=3)
+    dev = passage_loader(m.tokenizer, dev_examples, batch_size=3)
     trainer = quiet_trainer(max_epochs=2, log_every_n_steps=1)
     trainer.fit(m, train, dev)
     assert any(not torch.equal(a, b) for a, b in zip(before, m.parameters()))  # the optimizer stepped
@@ -219,9 +230,76 @@ def test_fit_validate_and_test_log_the_official_metrics(tiny_path):
 def test_zero_shot_test_needs_no_fit_and_no_golds(tiny_path):
     m = FiDModule(task="LaMP_3", model_name_or_path=tiny_path, num_beams=2, max_new_tokens=4)
     examples = [{"id": f"r{i}", "passages": [TEXTS[i]], "target": None} for i in range(4)]
-    results = quiet_trainer().test(m, contract_loader(m.tokenizer, examples, batch_size=3), verbose=False)[0]
+    results = quiet_trainer().test(m, passage_loader(m.tokenizer, examples, batch_size=3), verbose=False)[0]
     assert results == {}  # no golds: no loss, no metrics, and no crash
     assert list(m.predictions) == ["r0", "r1", "r2", "r3"]
     gold = [{**e, "target": "3"} for e in examples]
-    results = quiet_trainer().test(m, contract_loader(m.tokenizer, gold, batch_size=3), verbose=False)[0]
+    results = quiet_trainer().test(m, passage_loader(m.tokenizer, gold, batch_size=3), verbose=False)[0]
     assert {"test/loss", "test/MAE", "test/RMSE"} <= set(results)
+
+
+# --- eval epochs: one gather, then the official metrics (moved from test_metrics.py, where they tested
+# the torchmetrics LaMPMetric that FiDModule used next to its own gather of the predictions) ----------
+
+def scripted(m: FiDModule, outputs: list[str]) -> FiDModule:
+    """Make ``m`` decode ``outputs`` in order, whatever its inputs: the metrics path is under test."""
+    it = iter(outputs)
+    m.decode = lambda encoded, mask: [next(it) for _ in range(mask.shape[0])]
+    return m
+
+
+def rows_of(golds: list[str], ids: list[str] | None = None) -> list[dict]:
+    ids = ids or [f"q{i}" for i in range(len(golds))]
+    return [{"id": i, "passages": [TEXTS[n % len(TEXTS)]], "target": g} for n, (i, g) in enumerate(zip(ids, golds))]
+
+
+@pytest.mark.parametrize("task", ALL_TASKS)
+def test_metric_equals_score(tiny_path, task):
+    preds, golds = task_data(task, 53)
+    m = scripted(fid(tiny_path, task=task), preds)
+    results = quiet_trainer().test(m, passage_loader(m.tokenizer, rows_of(golds), batch_size=8), verbose=False)[0]
+    want = score(task, preds, golds)
+    assert [k for k in results if k != "test/loss"] == [f"test/{k}" for k in want]
+    for k in want:
+        assert results[f"test/{k}"] == pytest.approx(want[k], abs=1e-12)
+
+
+@pytest.mark.parametrize("task", ALL_TASKS)
+def test_metric_counts_duplicated_ids_once(tiny_path, task):
+    preds, golds = task_data(task, 20, seed=3)
+    rows = rows_of(golds)
+    m = scripted(fid(tiny_path, task=task), preds + preds[:5])
+    loader = passage_loader(m.tokenizer, rows + rows[:5], batch_size=8)  # e.g. DistributedSampler's padding
+    results = quiet_trainer().test(m, loader, verbose=False)[0]
+    want = score(task, preds, golds)
+    for k in want:
+        assert results[f"test/{k}"] == pytest.approx(want[k], abs=1e-12)
+    assert list(m.predictions) == [r["id"] for r in rows]
+    with_dups = score(task, preds + preds[:5], golds + golds[:5])
+    assert any(abs(with_dups[k] - want[k]) > 1e-6 for k in want)  # the data can tell the difference
+
+
+def test_metric_keeps_distinct_ids_with_equal_rows_and_resets(tiny_path):
+    m = scripted(fid(tiny_path, task="LaMP_1"), ["[1]", "[1]", "[2]", "[2]"])
+    data = passage_loader(m.tokenizer, rows_of(["[1]", "[1]", "[1]"], ["a", "b", "c"]))
+    assert quiet_trainer().test(m, data, verbose=False)[0]["test/accuracy"] == pytest.approx(2 / 3)
+    data = passage_loader(m.tokenizer, rows_of(["[2]"], ["d"]))  # the next epoch starts afresh
+    assert quiet_trainer().test(m, data, verbose=False)[0]["test/accuracy"] == 1.0
+    assert list(m.predictions) == ["d"]
+
+
+def test_one_gather_per_eval_epoch(tiny_path, monkeypatch):
+    """The predictions are gathered once and the metrics computed from them: no torchmetrics state
+    that Lightning would gather (and deduplicate) a second time."""
+    from torchmetrics import Metric
+
+    from lamp_fid import model as model_module
+
+    calls = []
+    gather = model_module.gather_objects
+    monkeypatch.setattr(model_module, "gather_objects", lambda obj: calls.append(obj) or gather(obj))
+    m = fid(tiny_path, task="LaMP_3", max_new_tokens=2)
+    data = passage_loader(m.tokenizer, rows_of(["1", "3", "5"]), batch_size=2)
+    results = quiet_trainer().test(m, data, verbose=False)[0]
+    assert len(calls) == 1 and {"test/MAE", "test/RMSE"} <= set(results)
+    assert not any(isinstance(module, Metric) for module in m.modules())

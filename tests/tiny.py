@@ -1,4 +1,5 @@
-"""Tiny offline T5s for tests: a tokenizer trained here and a random T5 saved with ``save_pretrained``.
+"""Tiny offline T5s for tests: a tokenizer trained here and a random T5 saved with ``save_pretrained``;
+batches of the real PassageCollator.
 
 Everything loads back through ``from_pretrained(path)``, the same path real checkpoints take, so tests
 exercise the real loading code without a model hub. Reusable by any test::
@@ -13,7 +14,9 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
+from torch.utils.data import DataLoader
 
+from lamp_fid.data.module import PassageCollator
 from lamp_fid.tasks import TASKS
 
 SPECIALS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2: T5's pad and eos ids
@@ -93,37 +96,17 @@ def build_tiny_t5(
     return path
 
 
-def contract_batch(tokenizer, passages: list[list[str]], targets: list[str] | None, ids=None,
-                   k: int | None = None) -> dict:
-    """A batch in the DataModule's contract from passage texts (``[B, k, L]``; missing passages masked)."""
-    k = k or max(len(p) for p in passages)
-    flat = [p for ps in passages for p in ps]
-    enc = tokenizer(flat, padding="longest", return_tensors="pt")
-    B, L = len(passages), enc["input_ids"].shape[1]
-    input_ids = torch.zeros((B, k, L), dtype=torch.long)
-    mask = torch.zeros((B, k, L), dtype=torch.long)
-    row = 0
-    for b, ps in enumerate(passages):
-        input_ids[b, : len(ps)] = enc["input_ids"][row: row + len(ps)]
-        mask[b, : len(ps)] = enc["attention_mask"][row: row + len(ps)]
-        row += len(ps)
-    batch = {"input_ids": input_ids, "attention_mask": mask,
-             "ids": list(ids) if ids is not None else [str(i) for i in range(B)], "targets": None}
-    if targets is not None:
-        lab = tokenizer(targets, padding="longest", return_tensors="pt")
-        batch["labels"] = lab["input_ids"].masked_fill(lab["attention_mask"] == 0, -100)
-        batch["targets"] = list(targets)
-    return batch
+def passage_batch(tokenizer, passages: list[list[str]], targets: list[str] | None = None,
+                  ids: list[str] | None = None) -> dict:
+    """A batch of the real :class:`PassageCollator` from passage texts (one list per example)."""
+    ids = list(ids) if ids is not None else [str(i) for i in range(len(passages))]
+    targets = list(targets) if targets is not None else [None] * len(passages)
+    rows = [{"id": i, "passages": ps, "target": t} for i, ps, t in zip(ids, passages, targets)]
+    return PassageCollator(tokenizer, max_length=512, max_target_length=128)(rows)
 
 
-def contract_loader(tokenizer, examples: list[dict], batch_size: int = 2, k: int | None = None):
-    """A DataLoader of contract batches over ``[{"id", "passages": [str], "target": str | None}]``."""
-    from torch.utils.data import DataLoader
-
-    def collate(rows: list[dict]) -> dict:
-        targets = [r.get("target") for r in rows]
-        return contract_batch(tokenizer, [r["passages"] for r in rows],
-                              None if any(t is None for t in targets) else targets,
-                              ids=[r["id"] for r in rows], k=k)
-
+def passage_loader(tokenizer, examples: list[dict], batch_size: int = 2) -> DataLoader:
+    """A DataLoader of real :class:`PassageCollator` batches over ``[{"id", "passages", "target"}]``
+    (what :class:`PassageDataset` yields), in order."""
+    collate = PassageCollator(tokenizer, max_length=512, max_target_length=128)
     return DataLoader(examples, batch_size=batch_size, shuffle=False, collate_fn=collate)

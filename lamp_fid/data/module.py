@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from lamp_fid.data.paths import default_data_dir, split_paths
+from lamp_fid.data.store import LaMPStore
 from lamp_fid.errors import LaMPError
+from lamp_fid.prompts import PromptBuilder
+from lamp_fid.retrieval.rank import get_rankings
 from lamp_fid.tasks import get_task
 
 
@@ -56,19 +59,18 @@ class PassageCollator:
 
     def __call__(self, examples: list[dict]) -> dict:
         flat = [p for ex in examples for p in ex["passages"]]
-        enc = self.tokenizer(flat, max_length=self.max_length, truncation=True, padding="longest",
-                             return_tensors="pt")
-        n = max(len(ex["passages"]) for ex in examples)
-        B, L = len(examples), enc["input_ids"].shape[1]
-        input_ids = torch.full((B, n, L), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((B, n, L), dtype=torch.long)
-        row = 0
-        for b, ex in enumerate(examples):
-            m = len(ex["passages"])
-            input_ids[b, :m] = enc["input_ids"][row:row + m]
-            attention_mask[b, :m] = enc["attention_mask"][row:row + m]
-            row += m
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask,
+        enc = self.tokenizer(flat, max_length=self.max_length, truncation=True)
+        passages = iter([{"input_ids": ids, "attention_mask": mask}
+                         for ids, mask in zip(enc["input_ids"], enc["attention_mask"])])
+        B, n = len(examples), max(len(ex["passages"]) for ex in examples)
+        rows = []
+        for ex in examples:  # n rows per example: its passages, then empty rows (all-zero masks once padded)
+            rows += [next(passages) for _ in ex["passages"]]
+            rows += [{"input_ids": [], "attention_mask": []}] * (n - len(ex["passages"]))
+        padded = self.tokenizer.pad(rows, padding="longest", return_tensors="pt")  # [B*n, L]
+        L = padded["input_ids"].shape[-1]
+        batch = {"input_ids": padded["input_ids"].reshape(B, n, L),  # [B*n, L] -> [B, n, L]
+                 "attention_mask": padded["attention_mask"].reshape(B, n, L),
                  "ids": [ex["id"] for ex in examples], "targets": None,
                  "fallbacks": sum(ex.get("fallbacks", 0) for ex in examples),
                  "retries": sum(ex.get("retries", 0) for ex in examples)}
@@ -163,19 +165,16 @@ class LaMPDataModule(LightningDataModule):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
+            # lazy: transformers' auto classes cost seconds, and `lamp-fid fit --help` imports this module
             from transformers import AutoTokenizer
 
             self._tokenizer = AutoTokenizer.from_pretrained(self.hparams.tokenizer)
         return self._tokenizer
 
     def _data_dir(self) -> Path:
-        from lamp_fid.data.paths import default_data_dir
-
         return Path(self.hparams.data_dir) if self.hparams.data_dir else default_data_dir()
 
     def _paths(self, split: str) -> tuple[Path, Path | None]:
-        from lamp_fid.data.paths import split_paths
-
         q, o = split_paths(self._data_dir(), self.task, split, time_split=self.hparams.time_split)
         return Path(q), (Path(o) if o is not None and Path(o).exists() else None)
 
@@ -195,8 +194,6 @@ class LaMPDataModule(LightningDataModule):
 
     def _check_outputs(self, split: str, stage: str | None) -> None:
         """Refuse a split that ``stage`` scores against gold outputs when it has none."""
-        from lamp_fid.data.paths import split_paths
-
         if split not in self._labeled(stage) or self._paths(split)[1] is not None:
             return
         q, o = split_paths(self._data_dir(), self.task, split, time_split=self.hparams.time_split)
@@ -209,8 +206,6 @@ class LaMPDataModule(LightningDataModule):
                         f"labeled split with {' / '.join(options)} (`lamp-fid predict` needs none)")
 
     def _store(self, split: str):
-        from lamp_fid.data.store import LaMPStore
-
         q, o = self._paths(split)
         if not q.exists():
             raise LaMPError(f"{q}: no such file (run `lamp-fid download --task {self.task.name} "
@@ -225,15 +220,11 @@ class LaMPDataModule(LightningDataModule):
         h = self.hparams
         if h.mode == "none" or h.retriever == "none":
             return None
-        from lamp_fid.retrieval.rank import get_rankings
-
         return get_rankings(store, h.retriever, cache_dir=h.cache_dir, use_date=h.use_date,
                             encoder=h.encoder, seed=h.seed)
 
     def builder(self):
         """The φp passage builder for this module's task, mode and layout."""
-        from lamp_fid.prompts import PromptBuilder
-
         h = self.hparams
         return PromptBuilder(self.task, self.tokenizer, h.max_length, mode=h.mode, layout=h.layout)
 
@@ -255,6 +246,7 @@ class LaMPDataModule(LightningDataModule):
             no_outputs = (o is None and split != "test" and split in self._labeled(stage)
                           and self.task.name != "LaMP_6")  # LaMP_6 files come from `lamp-fid avocado`
             if (not q.exists() or no_outputs) and h.download:
+                # imported on use: the network code is only needed for missing files
                 from lamp_fid.data.download import download
 
                 download(self.task.name, split, time_split=h.time_split, data_dir=self._data_dir())

@@ -292,6 +292,7 @@ def passages(task: str | Task, inp: str, ranked_items: list[Mapping], mode: Mode
 # --- the `lamp-fid prompts` command -----------------------------------------------------------
 
 def _load_tokenizer(name: str):
+    # lazy: transformers' auto classes take seconds to import; `lamp-fid prompts --help` imports this module
     from transformers import AutoTokenizer
 
     try:

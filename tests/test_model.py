@@ -139,7 +139,8 @@ def test_optimizer_from_the_cli_and_from_python(tiny_path, tmp_path):
         warnings.simplefilter("ignore")
         cli = lightning_main([  # the real CLI: one optimizer step, no validation
             "fit", "--data.task", "LaMP_7", "--data.data_dir", str(tmp_path / "data"), "--data.download", "false",
-            "--data.cache_dir", str(tmp_path / "cache"), "--data.mode", "none", "--runs_dir", str(tmp_path / "runs"),
+            "--data.cache_dir", str(tmp_path / "cache"), "--data.mode", "none",
+            "--runs_dir", str(tmp_path / "runs"),
             "--model.model_name_or_path", tiny_path, "--model.optimizer.lr=0.25", "--trainer.max_steps", "1",
             "--trainer.limit_val_batches", "0", "--trainer.accelerator", "cpu",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])
@@ -250,7 +251,8 @@ def scripted(m: FiDModule, outputs: list[str]) -> FiDModule:
 
 def rows_of(golds: list[str], ids: list[str] | None = None) -> list[dict]:
     ids = ids or [f"q{i}" for i in range(len(golds))]
-    return [{"id": i, "passages": [TEXTS[n % len(TEXTS)]], "target": g} for n, (i, g) in enumerate(zip(ids, golds))]
+    return [{"id": i, "passages": [TEXTS[n % len(TEXTS)]], "target": g}
+            for n, (i, g) in enumerate(zip(ids, golds))]
 
 
 @pytest.mark.parametrize("task", ALL_TASKS)

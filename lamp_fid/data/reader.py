@@ -14,10 +14,12 @@ What is validated: JSON itself (Python's ``json`` also accepts ``NaN``, ``Infini
 which are not JSON: they are refused, naming the record and field, as is a record nested too deeply to
 decode), then types and structure only. Ids (question, gold, prediction and item ids) must be JSON
 strings, as in the official files: an integer id would silently fail to match the string ids of
-rankings and prediction files, so it is rejected rather than converted. Item fields named in ``task.item_fields``
-must be strings, except a labelled target field (LaMP_2 ``tag``, LaMP_3 ``score``...), which may also
-be a number. ``user_id`` (time split) may be a string or an integer and becomes a string. Extra fields
-are allowed and kept. Content is not validated: the official LaMP_2 movie dev record ``"110"`` has a
+rankings and prediction files, so it is rejected rather than converted. Item fields named in
+``task.item_fields`` must be strings, except a labelled target field (LaMP_2 ``tag``, LaMP_3
+``score``...), which may also be a number; so every field a φp prompt uses is checked here (see
+``test_every_field_the_prompt_uses_is_one_the_reader_checks``). Dates are checked only where the
+recency ranking needs them. ``user_id`` (time split) may be a string or an integer and becomes a
+string. Extra fields are allowed and kept. Content is not validated: the official LaMP_2 movie dev record ``"110"`` has a
 malformed input and must still be read.
 """
 

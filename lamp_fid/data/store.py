@@ -9,8 +9,9 @@ Layout of ``<cache_dir>/stores/<task>-<fingerprint>/``: ``records.jsonl`` (each 
 record's JSON text exactly as in the source file, one per line unless the source was pretty-printed:
 copying the text is much faster than re-encoding it), ``offsets.npy`` (n + 1 byte offsets),
 ``sizes.npy`` (each profile's length), ``ids.json``, ``outputs.json`` (the golds in record order, or
-null), ``meta.json`` (written last, with the size and digest of every other file; the folder appears
-atomically by rename).
+null), ``meta.json`` (written last, with the size and digest of every other file and the first item
+without a sortable date, if any; the folder appears atomically by rename). The data is validated
+once, while building; readers of a store trust it.
 
 The fingerprint is a blake2b of the task name and of the bytes of both files, so any change of
 content gives a new store. Per-file digests are memoized under ``<cache_dir>/fingerprints`` by

@@ -22,6 +22,7 @@ from lamp_fid.data.reader import parse_json, read_outputs, validate_outputs
 from lamp_fid.errors import LaMPDataError, LaMPError
 from lamp_fid.io import atomic_write  # re-exported: the package's one atomic writer
 from lamp_fid.tasks import Task, get_task
+
 MAX_MEMBER_BYTES = 64 << 20  #: cap on one zip member, uncompressed (official outputs files are a few MB)
 MAX_ZIP_BYTES = 256 << 20  #: cap on all the outputs files read from one zip, uncompressed
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")

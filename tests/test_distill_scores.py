@@ -11,10 +11,11 @@ from tiny import build_tiny_t5, contract_batch
 from transformers import AutoModelForSeq2SeqLM
 from transformers.modeling_outputs import BaseModelOutput
 
-from lamp_fid.distill.scores import (cross_attention_logits, cross_attentions, passage_scores, read_scores,
-                                     scores_by_item, write_scores)
+from lamp_fid.distill.scores import (cross_attention_logits, cross_attentions, passage_item_ids, passage_scores,
+                                     read_scores, scores_by_item, write_scores)
 from lamp_fid.errors import LaMPError
 from lamp_fid.model import FiDModule
+from lamp_fid.prompts import PromptBuilder
 
 PASSAGES = [  # example 1 has two passages of three: its third is a padding passage
     ["the tag for the movie: a man travels through time", "sci-fi", "great product, works as described"],
@@ -148,6 +149,23 @@ def test_scores_by_item_skips_the_input_passage_and_padding():
         scores_by_item(["q0"], [["a", "b", "c"]], torch.zeros(1, 2))
     with pytest.raises(LaMPError, match="2 question ids"):
         scores_by_item(["q0", "q1"], [["a"]], torch.zeros(2, 1))
+
+
+@pytest.mark.parametrize("layout", ["official", "separate"])
+@pytest.mark.parametrize("n_items", [0, 1, 3])
+def test_passage_item_ids_follow_the_passages_built(reader, layout, n_items):
+    module = reader[0]
+    items = [{"id": f"p{i}", "text": "works as described", "score": str(i + 1)} for i in range(n_items)]
+    builder = PromptBuilder("LaMP_3", module.tokenizer, 64, mode="fid", layout=layout)
+    texts = builder.passages("rate this review: great product", items).texts
+    ids = passage_item_ids(items, "fid", layout)
+    assert len(ids) == len(texts)
+    for item_id, text in zip(ids, texts):
+        assert (item_id is None) == (text == "rate this review: great product")
+        if item_id is not None:
+            assert text.startswith(f"{int(item_id[1:]) + 1} is the score for")
+    with pytest.raises(LaMPError, match="need mode fid"):
+        passage_item_ids(items, "ipa")
 
 
 def test_scores_file_round_trip_and_faults(tmp_path):

@@ -165,6 +165,18 @@ def passage_scores(model, encoded: BaseModelOutput | torch.Tensor, mask: torch.T
     return _per_passage(total / len(logits), mask, n_passages, mean=False)
 
 
+def passage_item_ids(items: Sequence[Mapping], mode: str = "fid", layout: str = "official") -> list[str | None]:
+    """The profile item id of each passage that ``PromptBuilder.passages`` builds from ``items`` (the
+    example's top-k items, best first): None for a passage without an item (the separate layout's input
+    passage, the bare input of an empty profile). Only fid passages hold one item each."""
+    if mode != "fid":
+        raise LaMPError(f"passage scores need mode fid (one item per passage), not {mode!r}")
+    ids = [item.get("id") for item in items]
+    if not ids:
+        return [None]
+    return [None, *ids] if layout == "separate" else ids
+
+
 def scores_by_item(question_ids: Sequence[str], item_ids: Sequence[Sequence[str | None]],
                    scores: torch.Tensor) -> Scores:
     """``{question id: {profile item id: score}}`` for a batch.

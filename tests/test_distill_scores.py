@@ -140,7 +140,8 @@ def test_scores_by_item_skips_the_input_passage_and_padding():
     # separate layout: passage 0 is the input; example q1 has one item and a padding passage
     out = scores_by_item(["q0", "q1"], [[None, "a", "b"], [None, "c"]], scores)
     assert out == {"q0": {"a": 1.0, "b": 2.0}, "q1": {"c": 4.0}}
-    assert scores_by_item(["q"], [["x", "y"]], torch.tensor([[1.0, 2.0, -math.inf]])) == {"q": {"x": 1.0, "y": 2.0}}
+    padded = torch.tensor([[1.0, 2.0, -math.inf]])
+    assert scores_by_item(["q"], [["x", "y"]], padded) == {"q": {"x": 1.0, "y": 2.0}}
     with pytest.raises(LaMPError, match="'q0' has profile item 'a' twice"):
         scores_by_item(["q0"], [["a", "a"]], torch.zeros(1, 2))
     with pytest.raises(LaMPError, match="'q0', item 'a': the passage has no tokens"):
@@ -184,7 +185,8 @@ def test_scores_file_round_trip_and_faults(tmp_path):
             read_scores(bad)
         return str(err.value)
 
-    assert fault('{"q0": {"a": "1"}}') == f"{tmp_path / 'bad.json'}, record id 'q0', field 'a': the score '1' is not a finite number"
+    assert fault('{"q0": {"a": "1"}}') == \
+        f"{tmp_path / 'bad.json'}, record id 'q0', field 'a': the score '1' is not a finite number"
     assert "record id 'q0', field 'a'" in fault('{"q0": {"a": NaN}}')
     assert "record id 'q0', field 'a'" in fault('{"q0": {"a": true}}')
     assert "record id 'q1': expected an object" in fault('{"q1": [1, 2]}')

@@ -35,14 +35,15 @@ def build_encoder(path, seed: int = 0) -> str:
     words = [w for ws in QUERY_WORDS + ITEM_WORDS for w in ws] + ["review:", "rate", "this"]
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.train_from_iterator([" ".join(words)], trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    tok.train_from_iterator([" ".join(words)], trainers.WordLevelTrainer(special_tokens=specials))
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+        single="[CLS] $A [SEP]", special_tokens=[(s, tok.token_to_id(s)) for s in ("[CLS]", "[SEP]")])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
                                    sep_token="[SEP]", model_max_length=32)
-    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=34, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
+    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=34,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         BertModel(config).save_pretrained(path)
@@ -59,7 +60,8 @@ def themed_examples(n: int, seed: int) -> tuple[list[Example], dict[str, dict[st
         theme = n_ex % THEMES
         query = " ".join(rng.sample(QUERY_WORDS[theme], 3))
         order = rng.sample(range(THEMES), THEMES)  # the preferred item is at a random position
-        profile = [{"id": f"e{n_ex}-{t}", "text": " ".join(rng.sample(ITEM_WORDS[t], 3)), "score": "3"} for t in order]
+        profile = [{"id": f"e{n_ex}-{t}", "text": " ".join(rng.sample(ITEM_WORDS[t], 3)), "score": "3"}
+                   for t in order]
         ex = Example(id=f"e{n_ex}", input=f"rate this review: {query}", profile=profile)
         examples.append(ex)
         scores[ex.id] = {item["id"]: 4.0 if item["id"].endswith(f"-{theme}") else 0.0 for item in profile}
@@ -122,8 +124,8 @@ def test_best_dev_checkpoint_is_kept(encoder_dir):
     inverted = [DistillQuestion(q.id, q.query, q.texts, tuple(-s for s in q.scores)) for q in questions]
     model, tokenizer = load_encoder(encoder_dir)
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    result = train_encoder(model, tokenizer, questions, DistillSettings(steps=4, batch_size=8, lr=1e-2, eval_every=2),
-                           dev=inverted)
+    settings = DistillSettings(steps=4, batch_size=8, lr=1e-2, eval_every=2)
+    result = train_encoder(model, tokenizer, questions, settings, dev=inverted)
     assert result.best_step == 0 and result.dev_kl[4] > result.dev_kl[0]
     assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())
 
@@ -150,7 +152,8 @@ def test_questions_from_scores_faults_name_the_file_question_and_item():
     examples, scores = themed_examples(2, seed=6)
     qs = questions_from_scores(examples, "LaMP_3", {"e1": scores["e1"]})
     assert [q.id for q in qs] == ["e1"] and qs[0].query == examples[1].input.split("review:", 1)[1].strip()
-    assert qs[0].texts[0] == examples[1].profile[[p["id"] for p in examples[1].profile].index(next(iter(scores["e1"])))]["text"]
+    text_of = {p["id"]: p["text"] for p in examples[1].profile}
+    assert qs[0].texts == tuple(text_of[i] for i in scores["e1"]) and qs[0].scores == tuple(scores["e1"].values())
     with pytest.raises(LaMPError, match=r"^s\.json, record id 'e9': no such question in q\.json$"):
         questions_from_scores(examples, "LaMP_3", {"e9": {}}, source="s.json", questions_source="q.json")
     with pytest.raises(LaMPError, match=r"^s\.json, record id 'e0', field 'zz': profile item 'zz' is not in"):

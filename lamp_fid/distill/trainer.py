@@ -182,7 +182,8 @@ def mean_kl(model, tokenizer, questions: Sequence[DistillQuestion], settings: Di
         total = 0.0
         for s in range(0, len(questions), settings.batch_size):
             chunk = questions[s:s + settings.batch_size]
-            total += float(kl_loss(model, tokenizer, chunk, settings.temperature, settings.max_length)) * len(chunk)
+            loss = kl_loss(model, tokenizer, chunk, settings.temperature, settings.max_length)
+            total += float(loss) * len(chunk)
     finally:
         model.train(was_training)
     return total / len(questions)
@@ -201,14 +202,16 @@ def _parameter_groups(model) -> list[dict]:
 def _usable(questions: Sequence[DistillQuestion], what: str) -> list[DistillQuestion]:
     for q in questions:
         if len(q.texts) != len(q.scores):
-            raise LaMPError(f"distill: {what} question {q.id!r} has {len(q.texts)} items and {len(q.scores)} scores")
+            raise LaMPError(f"distill: {what} question {q.id!r} has {len(q.texts)} items and "
+                            f"{len(q.scores)} scores")
         if not all(math.isfinite(s) for s in q.scores):
             raise LaMPError(f"distill: {what} question {q.id!r} has a score that is not a finite number")
     return [q for q in questions if len(q.texts) >= 2]
 
 
-def train_encoder(model, tokenizer, questions: Sequence[DistillQuestion], settings: DistillSettings = DistillSettings(),
-                  dev: Sequence[DistillQuestion] = (), progress: bool = False) -> DistillResult:
+def train_encoder(model, tokenizer, questions: Sequence[DistillQuestion],
+                  settings: DistillSettings = DistillSettings(), dev: Sequence[DistillQuestion] = (),
+                  progress: bool = False) -> DistillResult:
     """Distill the reader's scores into ``model`` in place (see the module docstring).
 
     Questions with fewer than two scored candidates are left out (their KL is always 0).
@@ -262,7 +265,8 @@ def train_encoder(model, tokenizer, questions: Sequence[DistillQuestion], settin
     return result
 
 
-def save_encoder(model, tokenizer, output: str | Path, *, overwrite: bool = False, info: dict | None = None) -> Path:
+def save_encoder(model, tokenizer, output: str | Path, *, overwrite: bool = False,
+                 info: dict | None = None) -> Path:
     """Save ``model`` and ``tokenizer`` (``save_pretrained``) as the folder ``output``, whole or not at all.
 
     Written into a hidden temp folder beside ``output``, then renamed onto it. An existing ``output``

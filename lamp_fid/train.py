@@ -156,15 +156,11 @@ class RunSummary(Callback):
             "metrics": self._metrics(trainer, "test/")})
 
 
-def last_checkpoint(run_dir: Path) -> ModelCheckpoint:
-    """``<run>/last.ckpt`` after every epoch, for resuming.
+def last_checkpoint(run_dir: Path, every_n_steps: int | None = None) -> ModelCheckpoint:
+    """``<run>/last.ckpt`` for resuming: after every validation and every ``every_n_steps`` steps."""
+    from lamp_fid.resume import LastCheckpoint
 
-    Lightning 2.6's ``save_last`` only writes when a top-k checkpoint was written at the same step, so
-    after an epoch that did not improve, ``last.ckpt`` would be an older state. This second checkpoint
-    callback (no monitor: it always keeps the latest) is the run's resume point.
-    """
-    return ModelCheckpoint(dirpath=str(run_dir), filename="last", monitor=None, save_top_k=1,
-                           enable_version_counter=False)
+    return LastCheckpoint(run_dir, every_n_steps)
 
 
 def _is_run_logger(logger, run_dir: Path) -> bool:
@@ -186,6 +182,9 @@ class LaMPCLI(LightningCLI):
                             help="folder that holds run folders")
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="fit: allow starting a new run in a run folder that already has checkpoints")
+        parser.add_argument("--last_every_n_steps", type=int | None, default=None,
+                            help="fit: also write <run>/last.ckpt every this many optimizer steps (it is "
+                                 "always written after every validation); a killed fit resumes from it")
         parser.add_argument("--demo_data", type=Path | None, default=None,
                             help="offline demo: generate the demo's data, tokenizer and tiny T5 into this "
                                  "folder first, unless already there (configs/demo*.yaml set it)")
@@ -232,10 +231,14 @@ class LaMPCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> object:
         from lamp_fid.callbacks import HFExport, LaMPPredictionWriter
+        from lamp_fid.resume import RNGState
 
+        cfg = self.config[self.subcommand]
         # after the "checkpoint" group (added by LightningCLI in `callbacks`), so that the monitored
         # checkpoint stays `trainer.checkpoint_callback` (the best model for HFExport, tune, results)
-        extra = [last_checkpoint(self.run_dir), FallbackReport(), RunSummary(str(self.run_dir), self.setting)]
+        # (RNGState on every command: test/predict with a fit's checkpoint expect its callbacks)
+        extra = [last_checkpoint(self.run_dir, cfg.get("last_every_n_steps")), FallbackReport(),
+                 RunSummary(str(self.run_dir), self.setting), RNGState()]
         if self.subcommand == "fit":
             extra.append(HFExport())  # <run>/hf_best
         else:  # official-format predictions in the command's log folder

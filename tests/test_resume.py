@@ -1,11 +1,40 @@
-"""The training data order: seeded by (seed, epoch), sharded, resumable mid-epoch."""
+"""kill -9 during fit, then `fit --ckpt_path <run>/last.ckpt`: the same run as the uninterrupted fit.
+
+The uninterrupted and resumed fits run in this process (one thread, see conftest); the fit that is
+killed runs in a subprocess that SIGKILLs itself from a test-only callback, mid-epoch, a few steps
+after its last checkpoint. The tiny T5 has dropout, so the RNG state matters as much as the data order.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+from lightning.pytorch import Callback
 
+from lamp_fid.cli import main
+from lamp_fid.data.fake import write_fake_split
 from lamp_fid.data.sampler import ResumableLoader, ResumableSampler
+from tests.tiny import build_tiny_t5
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class KillAt(Callback):
+    """Test only: SIGKILL this process at the end of training step ``step`` (no cleanup of any kind)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 # --- the data order ------------------------------------------------------------------------------
@@ -64,3 +93,94 @@ def test_a_state_saved_on_the_last_batch_starts_the_next_epoch():
     resumed.load_state_dict(state)
     loader.sampler.set_epoch(1)
     assert resumed.sampler.epoch == 1 and batches(resumed) == batches(loader)
+
+
+# --- kill -9 and resume ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def setup_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    data = root / "data"
+    # 18 train examples, batch 4: 5 batches an epoch, the last one short
+    for split, n in (("train", 18), ("dev", 5)):
+        write_fake_split(data, "LaMP_3", split, n, profile_size=(1, 4), words=(4, 10), seed=2)
+    model = build_tiny_t5(root / "tiny", dropout_rate=0.1)
+    return root, data, model
+
+
+def fit_args(root: Path, data: Path, model: Path, run_name: str, *extra: str) -> list[str]:
+    """12 steps (into the 3rd epoch), validation every 4 steps across epochs (like the demo configs)."""
+    return [
+        "fit", "--seed_everything", "3", "--run_name", run_name, "--runs_dir", str(root / "runs"),
+        "--data.task", "LaMP_3", "--data.data_dir", str(data), "--data.cache_dir", str(root / "cache"),
+        "--data.download", "false", "--data.batch_size", "4", "--data.max_length", "48",
+        "--data.mode", "fid", "--data.k", "2", "--model.model_name_or_path", str(model),
+        "--model.num_beams", "1", "--model.max_new_tokens", "3",
+        "--trainer.accelerator", "cpu", "--trainer.max_steps", "12", "--trainer.max_epochs", "-1",
+        "--trainer.val_check_interval", "4", "--trainer.check_val_every_n_epoch", "null",
+        "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "1", *extra,
+    ]
+
+
+def killed_fit(args: list[str], kill_at: int) -> subprocess.CompletedProcess:
+    """Run ``lamp-fid <args>`` in a new process that kills itself with SIGKILL after step ``kill_at``."""
+    killer = json.dumps({"class_path": "tests.test_resume.KillAt", "init_args": {"step": kill_at}})
+    code = ("import sys, torch; torch.set_num_threads(1); from lamp_fid.cli import main; "
+            "main(sys.argv[1:])")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run([sys.executable, "-c", code, *args, f"--trainer.callbacks+={killer}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    return done
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_run(straight_dir: Path, resumed_dir: Path) -> None:
+    """Bit-identical final weights and optimizer state, and the same results.json metrics."""
+    straight, resumed = load(straight_dir / "last.ckpt"), load(resumed_dir / "last.ckpt")
+    assert resumed["global_step"] == straight["global_step"] == 12
+    assert straight["state_dict"].keys() == resumed["state_dict"].keys()
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    for a, b in zip(straight["optimizer_states"][0]["state"].values(),
+                    resumed["optimizer_states"][0]["state"].values()):
+        assert all(torch.equal(a[name], b[name]) for name in a), "optimizer state differs"
+    assert resumed["lr_schedulers"] == straight["lr_schedulers"]
+    results = [json.loads((d / "results.json").read_text()) for d in (straight_dir, resumed_dir)]
+    assert results[1]["metrics"] == results[0]["metrics"]
+    assert (results[1]["epoch"], results[1]["step"]) == (results[0]["epoch"], results[0]["step"])
+
+
+@pytest.fixture(scope="module")
+def straight(setup_dir):
+    root, data, model = setup_dir
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the killed and resumed fits (module fixtures precede conftest's)
+    try:
+        main(fit_args(root, data, model, "straight"))
+    finally:
+        torch.set_num_threads(threads)
+    return root / "runs" / "straight"
+
+
+@pytest.mark.parametrize("every, kill_at, resume_step", [
+    (None, 7, 4),  # last.ckpt at validation only: step 4, mid-epoch 0 (4 of its 5 batches)
+    (3, 11, 9),  # every 3 steps: step 9, mid-epoch 1 (written at the end of a training step)
+    # every 5 steps: step 5, the last batch of epoch 0 (the next epoch's order is due; the unit test
+    # test_a_state_saved_on_the_last_batch_starts_the_next_epoch covers it in the default suite)
+    pytest.param(5, 7, 5, marks=pytest.mark.slow),
+], ids=["at-validation", "every-3-steps-mid-epoch", "every-5-steps-epoch-end"])
+def test_kill_9_then_resume_from_last_ckpt_is_the_uninterrupted_run(setup_dir, straight, every, kill_at,
+                                                                    resume_step):
+    root, data, model = setup_dir
+    name = f"killed-{every}-{kill_at}"
+    args = fit_args(root, data, model, name, *([] if every is None else ["--last_every_n_steps", str(every)]))
+    killed_fit(args, kill_at)
+    run = root / "runs" / name
+    assert load(run / "last.ckpt")["global_step"] == resume_step
+    main([*args, "--ckpt_path", str(run / "last.ckpt")])
+    assert_same_run(straight, run)

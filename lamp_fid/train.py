@@ -232,6 +232,7 @@ class LaMPCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict, callbacks: list) -> object:
         from lamp_fid.callbacks import HFExport, LaMPPredictionWriter
         from lamp_fid.resume import RNGState
+        from lamp_fid.runfolder import RunFolderLock, with_atomic_checkpoints
 
         cfg = self.config[self.subcommand]
         # after the "checkpoint" group (added by LightningCLI in `callbacks`), so that the monitored
@@ -239,11 +240,21 @@ class LaMPCLI(LightningCLI):
         # (RNGState on every command: test/predict with a fit's checkpoint expect its callbacks)
         extra = [last_checkpoint(self.run_dir, cfg.get("last_every_n_steps")), FallbackReport(),
                  RunSummary(str(self.run_dir), self.setting), RNGState()]
+        lock = None
         if self.subcommand == "fit":
-            extra.append(HFExport())  # <run>/hf_best
+            lock = RunFolderLock(self.run_dir)
+            extra += [HFExport(), lock]  # HFExport: <run>/hf_best
         else:  # official-format predictions in the command's log folder
             extra.append(LaMPPredictionWriter(on_test=True, on_validate=True, overwrite=False))
-        return super()._instantiate_trainer(config, list(callbacks) + extra)
+        config = {**config, "plugins": with_atomic_checkpoints(config.get("plugins"))}
+        trainer = super()._instantiate_trainer(config, list(callbacks) + extra)
+        if lock is not None and trainer.is_global_zero:  # the ranks of one fit are one writer
+            lock.acquire()  # before anything is written into the run folder
+            if not cfg.get("ckpt_path") and not cfg.overwrite and any(self.run_dir.glob("*.ckpt")):
+                lock.release()
+                raise LaMPError(f"{self.run_dir}: another fit wrote checkpoints there while this one "
+                                "started; resume with --ckpt_path or pick another --run_name")
+        return trainer
 
 
 def lightning_main(args: list[str]) -> LaMPCLI:

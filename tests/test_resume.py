@@ -27,14 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class KillAt(Callback):
-    """Test only: SIGKILL this process at the end of training step ``step`` (no cleanup of any kind)."""
+    """Test only: SIGKILL this process group (the fit's ranks) at the end of training step ``step``."""
 
     def __init__(self, step: int):
         self.step = step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 # --- the data order ------------------------------------------------------------------------------
@@ -123,15 +123,16 @@ def fit_args(root: Path, data: Path, model: Path, run_name: str, *extra: str) ->
     ]
 
 
-def killed_fit(args: list[str], kill_at: int) -> subprocess.CompletedProcess:
-    """Run ``lamp-fid <args>`` in a new process that kills itself with SIGKILL after step ``kill_at``."""
-    killer = json.dumps({"class_path": "tests.test_resume.KillAt", "init_args": {"step": kill_at}})
-    code = ("import sys, torch; torch.set_num_threads(1); from lamp_fid.cli import main; "
-            "main(sys.argv[1:])")
+def lamp_fid(args: list[str], kill_at: int | None = None) -> subprocess.CompletedProcess:
+    """Run ``lamp-fid <args>`` in a new process group (one thread); with ``kill_at``, SIGKILL the group
+    at the end of that step and expect it dead."""
+    if kill_at is not None:
+        killer = {"class_path": "tests.test_resume.KillAt", "init_args": {"step": kill_at}}
+        args = [*args, f"--trainer.callbacks+={json.dumps(killer)}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run([sys.executable, "-c", code, *args, f"--trainer.callbacks+={killer}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    done = subprocess.run([sys.executable, "-m", "lamp_fid.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900, start_new_session=True)
+    assert done.returncode == (0 if kill_at is None else -signal.SIGKILL), done.stderr[-3000:]
     return done
 
 
@@ -179,8 +180,22 @@ def test_kill_9_then_resume_from_last_ckpt_is_the_uninterrupted_run(setup_dir, s
     root, data, model = setup_dir
     name = f"killed-{every}-{kill_at}"
     args = fit_args(root, data, model, name, *([] if every is None else ["--last_every_n_steps", str(every)]))
-    killed_fit(args, kill_at)
+    lamp_fid(args, kill_at)
     run = root / "runs" / name
     assert load(run / "last.ckpt")["global_step"] == resume_step
     main([*args, "--ckpt_path", str(run / "last.ckpt")])
     assert_same_run(straight, run)
+
+
+@pytest.mark.slow
+def test_ddp_kill_9_then_resume_is_the_uninterrupted_run(setup_dir):
+    """2 ranks (gloo): each rank's shard of the order and its RNG states are restored."""
+    root, data, model = setup_dir
+    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--last_every_n_steps", "5"]
+    lamp_fid(fit_args(root, data, model, "ddp-straight", *ddp))
+    args = fit_args(root, data, model, "ddp-killed", *ddp)  # 3 batches an epoch on each rank
+    lamp_fid(args, kill_at=7)  # last.ckpt: step 5, after the 2nd batch of epoch 1
+    run = root / "runs" / "ddp-killed"
+    assert load(run / "last.ckpt")["global_step"] == 5
+    lamp_fid([*args, "--ckpt_path", str(run / "last.ckpt")])
+    assert_same_run(root / "runs" / "ddp-straight", run)

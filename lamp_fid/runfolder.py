@@ -13,6 +13,7 @@ import fcntl
 import os
 import socket
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -36,7 +37,7 @@ class RunFolderLock(Callback):
     """An exclusive lock on a run folder while one fit writes into it.
 
     ``acquire()`` refuses, with one line naming the folder and the holder's pid and host, when another
-    process holds it. With the lock held, temp files that a killed writer left are removed. The lock is
+    process holds it (on a filesystem without locks it warns and goes on unlocked). With the lock held, temp files that a killed writer left are removed. The lock is
     released at the end of the fit (``teardown``) or when the fit fails (``on_exception``).
     """
 
@@ -64,7 +65,10 @@ class RunFolderLock(Callback):
             if err.errno in (errno.EAGAIN, errno.EACCES):
                 raise LaMPError(f"{self.run_dir} is in use by another fit ({holder}); wait until it "
                                 "ends, or use another --run_name") from None
-            raise LaMPError(f"{self.path}: cannot lock the run folder ({err.strerror or err})") from None
+            # a filesystem without locks (some network mounts): training there must stay possible
+            warnings.warn(f"{self.path}: this filesystem cannot lock the run folder ({err.strerror or err});"
+                          " make sure no other fit writes into it", stacklevel=2)
+            return
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._fd = fd

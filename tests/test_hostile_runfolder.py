@@ -103,6 +103,19 @@ def test_the_lock_names_its_holder_is_released_and_removes_a_killed_writers_temp
     assert (tmp_path / LOCK_NAME).read_text() == ""
 
 
+def test_a_filesystem_without_locks_warns_and_does_not_block_training(tmp_path, monkeypatch):
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    lock = RunFolderLock(tmp_path)
+    with pytest.warns(UserWarning, match="cannot lock the run folder .*No locks available"):
+        lock.acquire()
+    assert not lock.held
+
+
 def test_a_resumed_fit_takes_the_lock_after_the_previous_one_ended(setup_dir):
     """Sequential fits (tune's cells, a resume) are not refused: fit releases the lock at its end."""
     root, data, model = setup_dir

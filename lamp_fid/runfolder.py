@@ -37,8 +37,9 @@ class RunFolderLock(Callback):
     """An exclusive lock on a run folder while one fit writes into it.
 
     ``acquire()`` refuses, with one line naming the folder and the holder's pid and host, when another
-    process holds it (on a filesystem without locks it warns and goes on unlocked). With the lock held, temp files that a killed writer left are removed. The lock is
-    released at the end of the fit (``teardown``) or when the fit fails (``on_exception``).
+    process holds it (on a filesystem without locks it warns and goes on unlocked). With the lock held,
+    temp files that a killed writer left are removed. The lock is released at the end of the fit
+    (``teardown``) or when the fit fails (``on_exception``).
     """
 
     def __init__(self, run_dir: str | Path):

@@ -157,15 +157,11 @@ class RunSummary(Callback):
             "metrics": self._metrics(trainer, "test/")})
 
 
-def last_checkpoint(run_dir: Path) -> ModelCheckpoint:
-    """``<run>/last.ckpt`` after every epoch, for resuming.
+def last_checkpoint(run_dir: Path, every_n_steps: int | None = None) -> ModelCheckpoint:
+    """``<run>/last.ckpt`` for resuming: after every validation and every ``every_n_steps`` steps."""
+    from lamp_fid.resume import LastCheckpoint
 
-    Lightning 2.6's ``save_last`` only writes when a top-k checkpoint was written at the same step, so
-    after an epoch that did not improve, ``last.ckpt`` would be an older state. This second checkpoint
-    callback (no monitor: it always keeps the latest) is the run's resume point.
-    """
-    return ModelCheckpoint(dirpath=str(run_dir), filename="last", monitor=None, save_top_k=1,
-                           enable_version_counter=False)
+    return LastCheckpoint(run_dir, every_n_steps)
 
 
 def _is_run_logger(logger, run_dir: Path) -> bool:
@@ -187,6 +183,9 @@ class LaMPCLI(LightningCLI):
                             help="folder that holds run folders")
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="fit: allow starting a new run in a run folder that already has checkpoints")
+        parser.add_argument("--last_every_n_steps", type=int | None, default=None,
+                            help="fit: also write <run>/last.ckpt every this many optimizer steps (it is "
+                                 "always written after every validation); a killed fit resumes from it")
         parser.add_argument("--demo_data", type=Path | None, default=None,
                             help="offline demo: generate the demo's data, tokenizer and tiny T5 into this "
                                  "folder first, unless already there (configs/demo*.yaml set it)")
@@ -266,15 +265,30 @@ class LaMPCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> object:
         from lamp_fid.callbacks import HFExport, LaMPPredictionWriter
+        from lamp_fid.resume import RNGState
+        from lamp_fid.runfolder import RunFolderLock, with_atomic_checkpoints
 
+        cfg = self.config[self.subcommand]
         # after the "checkpoint" group (added by LightningCLI in `callbacks`), so that the monitored
         # checkpoint stays `trainer.checkpoint_callback` (the best model for HFExport, tune, results)
-        extra = [last_checkpoint(self.run_dir), FallbackReport(), RunSummary(str(self.run_dir), self.setting)]
+        # (RNGState on every command: test/predict with a fit's checkpoint expect its callbacks)
+        extra = [last_checkpoint(self.run_dir, cfg.get("last_every_n_steps")), FallbackReport(),
+                 RunSummary(str(self.run_dir), self.setting), RNGState()]
+        lock = None
         if self.subcommand == "fit":
-            extra.append(HFExport())  # <run>/hf_best
+            lock = RunFolderLock(self.run_dir)
+            extra += [HFExport(), lock]  # HFExport: <run>/hf_best
         else:  # official-format predictions in the command's log folder
             extra.append(LaMPPredictionWriter(on_test=True, on_validate=True, overwrite=False))
-        return super()._instantiate_trainer(config, list(callbacks) + extra)
+        config = {**config, "plugins": with_atomic_checkpoints(config.get("plugins"))}
+        trainer = super()._instantiate_trainer(config, list(callbacks) + extra)
+        if lock is not None and trainer.is_global_zero:  # the ranks of one fit are one writer
+            lock.acquire()  # before anything is written into the run folder
+            if not cfg.get("ckpt_path") and not cfg.overwrite and any(self.run_dir.glob("*.ckpt")):
+                lock.release()
+                raise LaMPError(f"{self.run_dir}: another fit wrote checkpoints there while this one "
+                                "started; resume with --ckpt_path or pick another --run_name")
+        return trainer
 
 
 def lightning_main(args: list[str]) -> LaMPCLI:

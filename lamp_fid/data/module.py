@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -9,6 +10,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from lamp_fid.data.sampler import ResumableLoader, ResumableSampler
 from lamp_fid.errors import LaMPError
 from lamp_fid.tasks import get_task
 
@@ -271,15 +273,33 @@ class LaMPDataModule(LightningDataModule):
                                                       self.hparams.k, self.hparams.mode)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
+        """Training: a ``ResumableLoader`` whose order depends only on the seed and the epoch (and the
+        rank under DDP), restored mid-epoch on resume. Evaluation: dataset order. Every loader draws its
+        workers' base seed from its own generator, never from the global RNG that dropout uses."""
         h = self.hparams
-        return DataLoader(
-            self.datasets[split],
+        kwargs = dict(
             batch_size=h.batch_size if train else (h.eval_batch_size or h.batch_size),
-            shuffle=train,
             num_workers=h.num_workers,
             persistent_workers=h.num_workers > 0,
             collate_fn=PassageCollator(self.tokenizer, h.max_length, h.max_target_length),
+            generator=torch.Generator().manual_seed(0),
         )
+        if not train:
+            return DataLoader(self.datasets[split], shuffle=False, **kwargs)
+        trainer = self.trainer
+        sampler = ResumableSampler(
+            self.datasets[split], num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0, shuffle=True,
+            # the seed_everything seed, which Lightning's own distributed sampler uses too
+            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+        sampler.set_epoch(trainer.current_epoch if trainer else 0)  # the first iteration may precede set_epoch
+        return ResumableLoader(self.datasets[split], sampler=sampler, trained_batches=self._trained_batches,
+                               **kwargs)
+
+    def _trained_batches(self) -> int:
+        """Batches of the current epoch the running fit has trained on (0 outside a fit)."""
+        trainer = self.trainer
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer else 0
 
     def train_dataloader(self):
         return self._loader(self.hparams.train_split, True)

@@ -156,7 +156,10 @@ DEMO_TASKS: dict[str, DemoTask] = {
 
 
 def _demo_task(name: str) -> tuple[str, DemoTask]:
-    task = get_task(name)
+    try:
+        task = get_task(name)
+    except ValueError as err:
+        raise LaMPError(f"{err}; demo tasks: {', '.join(DEMO_TASKS)}") from None
     if task.name not in DEMO_TASKS:
         raise LaMPError(f"no demo data for {task.name}; demo tasks: {', '.join(DEMO_TASKS)}")
     return task.name, DEMO_TASKS[task.name]
@@ -332,7 +335,9 @@ def demo_data(output_dir: Path = Path("demo_runs/data"), tasks: list[str] = ["La
         overwrite: rebuild even if the folder already holds the same demo.
     """
     output_dir = Path(output_dir)
-    names = [_demo_task(t)[0] for t in tasks]
+    names = list(dict.fromkeys(_demo_task(t)[0] for t in tasks))
+    if not names:
+        raise LaMPError(f"--tasks: give at least one demo task ({', '.join(DEMO_TASKS)})")
     settings = {"format_version": FORMAT_VERSION, "tasks": names, "seed": seed, "model": DEMO_MODEL}
     manifest = output_dir / MANIFEST
     data_dir, model_dir = output_dir / "LaMP", output_dir / MODEL_DIR

@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 from lamp_fid.errors import LaMPError
+from lamp_fid.paper import CONFIGS_DIR
 from lamp_fid.predictions import atomic_write
 from lamp_fid.tasks import get_task
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # One torch thread: the demo's ~0.2 M-parameter model gains little from a second thread on a quiet
 # 2-core machine and loses 3x or more when another process is busy (benchmarks/RESULTS.md, "Demo
 # threads").
@@ -172,7 +172,7 @@ def _rows(names: list[str], seeds: list[int], summaries: list[dict[str, dict]]) 
 
 
 def demo(output_dir: Path = Path("demo_runs"), tasks: list[str] = ["LaMP_3", "LaMP_2"],
-         seeds: list[int] = [0], threads: int = DEFAULT_THREADS, configs_dir: Path = CONFIGS,
+         seeds: list[int] = [0], threads: int = DEFAULT_THREADS, configs_dir: Path = CONFIGS_DIR,
          overrides: list[str] = [], overwrite: bool = False) -> dict:
     """Run the offline demo: baseline vs personalized FiD on generated data, with a results table.
 

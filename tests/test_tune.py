@@ -11,7 +11,7 @@ from lamp_fid.errors import LaMPError
 from lamp_fid import tune as tune_module
 from lamp_fid.tune import tune
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from lamp_fid.paper import CONFIGS_DIR as CONFIGS
 
 
 @pytest.fixture(autouse=True)

@@ -49,11 +49,7 @@ class RunConfig(SaveConfigCallback):
             target = Path(self.run_dir) / "config.yaml"
             if not target.exists():  # a unique temp file in the run folder, removed on failure
                 text = self.parser.dump(self.config, skip_none=False)
-                try:
-                    atomic_write(target, text)
-                except OSError as err:
-                    raise LaMPError(f"{target}: cannot write the run's config "
-                                    f"({err.strerror or err})") from None
+                atomic_write(target, text)  # a full disk or a read-only folder: one LaMPError line
 
 
 class FallbackReport(Callback):

@@ -359,3 +359,40 @@ def test_padding_fraction_counts_the_padded_slots_of_the_batches(root, tok):
         masks = [collate([dataset[i] for i in b])["attention_mask"] for b in sampler]
         expected = 1 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
         assert padding_fraction(dataset, list(sampler)) == expected
+
+
+# --- the prepared GPU script (benchmarks/gpu_check.py; it only measures on CUDA) --------------------
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_skips_cleanly_without_cuda(gpu_check, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main([]) == 0
+    assert "no CUDA device here: skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("shape", ["FLAN_T5_BASE", "TINY"])
+def test_gpu_check_flops_count_every_weight_once(gpu_check, shape):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(**getattr(gpu_check, shape))
+    with torch.device("meta"):
+        model = T5ForConditionalGeneration(config)
+    flops = gpu_check.train_flops_per_example(config, k=8, L=512, T=32)
+    embedding = config.vocab_size * config.d_model  # a lookup: no FLOPs
+    position_bias = 2 * config.relative_attention_num_buckets * config.num_heads  # idem
+    counted = flops["params_encoder"] + flops["params_decoder"] + position_bias  # LM head included
+    # transformers 5 ties the LM head to the embedding of a T5 built from a config (ENGINEERING.md)
+    tied = model.lm_head.weight is model.shared.weight
+    assert counted + (0 if tied else embedding) == sum(p.numel() for p in model.parameters())
+    if shape == "FLAN_T5_BASE":
+        assert counted + embedding == 247_577_856  # the released google/flan-t5-base (separate LM head)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -184,6 +185,17 @@ def test_the_same_setting_is_read_back(base, tok):
     from transformers import AutoTokenizer
 
     assert not open_cache(root, store, rankings, AutoTokenizer.from_pretrained(root / "copy")).built
+
+
+def test_a_tokenizer_without_a_backend_is_keyed_by_its_files(tmp_path):
+    from transformers import AutoTokenizer, ByT5Tokenizer
+
+    with pytest.raises(LaMPError, match="cannot identify the tokenizer"):
+        tokenizer_identity(ByT5Tokenizer())  # no files, no backend: never a guessed key
+    ByT5Tokenizer().save_pretrained(tmp_path / "a")
+    ByT5Tokenizer(extra_ids=10).save_pretrained(tmp_path / "b")
+    a, a2, b = (tokenizer_identity(AutoTokenizer.from_pretrained(tmp_path / n)) for n in ("a", "a", "b"))
+    assert a == a2 and a["content"] != b["content"]
 
 
 def test_settings_that_cannot_matter_do_not_rebuild(base, tok):
@@ -370,7 +382,10 @@ def gpu_check():
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
     spec = importlib.util.spec_from_file_location("gpu_check", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    spec.loader.exec_module(module)  # the script sets TOKENIZERS_PARALLELISM: not for other tests
+    if before is None:
+        os.environ.pop("TOKENIZERS_PARALLELISM", None)
     return module
 
 

@@ -106,10 +106,11 @@ def tokenizer_identity(tokenizer) -> dict[str, Any]:
     else:
         from lamp_fid.data.history import encoder_content
 
-        files = encoder_content(str(getattr(tokenizer, "name_or_path", "")))
+        name = str(getattr(tokenizer, "name_or_path", "") or "")
+        files = encoder_content(name) if name else None
         if not files:
-            raise LaMPError(f"cannot identify the tokenizer {getattr(tokenizer, 'name_or_path', '')!r} "
-                            "for the token cache: it has no tokenizers backend and no local files")
+            raise LaMPError(f"cannot identify the tokenizer {name!r} for the token cache: it has no "
+                            "tokenizers backend and no local files")
         content = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
     return {"class": type(tokenizer).__name__, "content": content,
             "pad_token_id": tokenizer.pad_token_id, "special_ids": sorted(tokenizer.all_special_ids),

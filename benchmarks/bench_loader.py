@@ -14,9 +14,9 @@ thread: ``TOKENIZERS_PARALLELISM=false``), on the same data:
 
 and checks that the first batches of both paths (file order) are identical. Then the padding fraction
 of the ``[B, n, L]`` input batches: random batches (a shuffled epoch), length-grouped training batches
-(LengthGroupedBatchSampler, groups of 50 batches sorted by length, batches shuffled) and evaluation
-batches (all examples sorted by length); the floor is one example per batch (FiD pads the passages of
-one example to their longest too).
+(LengthGroupedBatchSampler over a shuffled index sampler, groups of 50 batches each sorted by length)
+and evaluation batches (all examples sorted by length); the floor is one example per batch (FiD pads
+the passages of one example to their longest too).
 
 Rates are given per wall second and per CPU second of this process (the fairer clock on a shared
 machine); the load average is printed.
@@ -40,7 +40,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one tokenizer thread
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler  # noqa: E402
 
 T5_DIR = Path(__file__).resolve().parents[2] / "shared/assets/flan-t5-small"
 
@@ -144,8 +144,11 @@ def main() -> None:
             rng = np.random.default_rng(0)
             perm = rng.permutation(len(dataset))
             random_batches = [perm[s:s + args.batch].tolist() for s in range(0, len(perm), args.batch)]
-            grouped = list(LengthGroupedBatchSampler(dataset.longest(), args.batch, shuffle=True, seed=0))
-            sorted_eval = list(LengthGroupedBatchSampler(dataset.longest(), args.batch))
+            longest = dataset.longest()
+            base = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
+            grouped = list(LengthGroupedBatchSampler(base, args.batch, lengths=longest, group_batches=50))
+            in_order = SequentialSampler(dataset)
+            sorted_eval = list(LengthGroupedBatchSampler(in_order, args.batch, lengths=longest))
             alone = [[i] for i in range(len(dataset))]  # the floor: each example its own batch
             fractions = [padding_fraction(dataset, b) for b in (random_batches, grouped, sorted_eval, alone)]
             passages = dataset.passage_counts()

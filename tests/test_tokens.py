@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
 from lamp_fid.data import tokens
 from lamp_fid.data.fake import fake_examples, write_fake_split
@@ -156,7 +156,7 @@ def test_left_padding_tokenizer(root, split, tok):
 def test_loader_with_workers_and_a_sampler(root, split, tok):
     store, rankings = split("LaMP_2")
     dataset = open_cache(root, store, rankings, tok)
-    sampler = LengthGroupedBatchSampler(dataset.longest(), 3)
+    sampler = LengthGroupedBatchSampler(SequentialSampler(dataset), 3, lengths=dataset.longest())
     plain = [PadCollator.for_tokenizer(tok)([dataset[i] for i in b]) for b in sampler]
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=PadCollator.for_tokenizer(tok),
                         num_workers=1)
@@ -329,8 +329,13 @@ def test_bad_options_and_rankings(tmp_path, tok):
 LENGTHS = [5, 30, 7, 30, 1, 12, 12, 40, 3, 9, 22, 18, 2, 35]
 
 
+def shuffled(data, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> DistributedSampler:
+    """A shuffling index sampler whose order depends only on (seed, epoch)."""
+    return DistributedSampler(data, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+
+
 def test_evaluation_batches_are_sorted_longest_first():
-    sampler = LengthGroupedBatchSampler(LENGTHS, 4)
+    sampler = LengthGroupedBatchSampler(SequentialSampler(LENGTHS), 4, lengths=LENGTHS)
     batches = list(sampler)
     flat = [i for b in batches for i in b]
     assert flat == [7, 13, 1, 3, 10, 11, 5, 6, 9, 2, 0, 8, 12, 4]  # stable: ties keep file order
@@ -340,34 +345,82 @@ def test_evaluation_batches_are_sorted_longest_first():
 
 def test_training_batches_depend_only_on_seed_and_epoch():
     def draw(seed, epoch, **options):
-        s = LengthGroupedBatchSampler(LENGTHS, 3, shuffle=True, seed=seed, group_batches=2, **options)
+        s = LengthGroupedBatchSampler(shuffled(LENGTHS, seed), 3, lengths=LENGTHS, group_batches=2, **options)
         s.set_epoch(epoch)
-        return list(s)
+        return list(s), len(s)
 
-    first = draw(0, 0)
-    assert first == draw(0, 0) and first != draw(0, 1) and first != draw(1, 0)
-    assert sorted(i for b in first for i in b) == list(range(len(LENGTHS)))
-    for b in first:  # each batch is a run of a length-sorted group
-        assert [LENGTHS[i] for i in b] == sorted((LENGTHS[i] for i in b), reverse=True)
-    dropped = draw(0, 0, drop_last=True)
-    assert all(len(b) == 3 for b in dropped) and len(dropped) == len(LENGTHS) // 3
+    first, n = draw(0, 0)
+    assert first == draw(0, 0)[0] and first != draw(0, 1)[0] and first != draw(1, 0)[0]
+    assert sorted(i for b in first for i in b) == list(range(len(LENGTHS))) and n == len(first) == 5
+    for g in range(0, len(first), 2):  # each group of 2 batches is sorted by length, longest first
+        run = [LENGTHS[i] for b in first[g:g + 2] for i in b]
+        assert run == sorted(run, reverse=True)
+    dropped, n = draw(0, 0, drop_last=True)
+    assert [len(b) for b in dropped] == [3] * 4 and n == 4
 
 
 def test_replicas_share_the_batches():
-    shards = [list(LengthGroupedBatchSampler(LENGTHS, 3, shuffle=True, num_replicas=2, rank=rank))
+    shards = [list(LengthGroupedBatchSampler(shuffled(LENGTHS, 0, 2, rank), 3, lengths=LENGTHS))
               for rank in (0, 1)]
-    assert len(shards[0]) == len(shards[1]) == len(LengthGroupedBatchSampler(LENGTHS, 3, num_replicas=2)) == 3
+    assert len(shards[0]) == len(shards[1]) == 3
     assert {i for s in shards for b in s for i in b} == set(range(len(LENGTHS)))
     with pytest.raises(LaMPError):
-        LengthGroupedBatchSampler(LENGTHS, 3, num_replicas=2, rank=2)
+        LengthGroupedBatchSampler(LENGTHS, 3, lengths=LENGTHS, group_batches=0)
+
+
+def test_lightning_drives_the_sampler_in_fit_and_predict(root, split, tok):
+    from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+
+    store, rankings = split("LaMP_2")
+    dataset = open_cache(root, store, rankings, tok)
+    collate = PadCollator.for_tokenizer(tok)
+
+    class Data(LightningDataModule):
+        def train_dataloader(self):
+            sampler = LengthGroupedBatchSampler(shuffled(dataset, 3), 3, lengths=dataset.longest(),
+                                                group_batches=2)
+            return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+
+        def predict_dataloader(self):
+            sampler = LengthGroupedBatchSampler(SequentialSampler(dataset), 4, lengths=dataset.longest())
+            return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+
+    class Recorder(LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.seen: dict[int, list] = {}
+
+        def training_step(self, batch, batch_idx):
+            self.seen.setdefault(self.current_epoch, []).append(list(batch["ids"]))
+            return (self.w * batch["input_ids"].float().mean()).sum()
+
+        def predict_step(self, batch, batch_idx):
+            return list(batch["ids"])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    model = Recorder()
+    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=Data())
+    for epoch in (0, 1):  # Lightning set the index sampler's epoch: each epoch is its (seed, epoch) draw
+        alone = LengthGroupedBatchSampler(shuffled(dataset, 3), 3, lengths=dataset.longest(), group_batches=2)
+        alone.set_epoch(epoch)
+        assert model.seen[epoch] == [[dataset.ids[i] for i in b] for b in alone]
+    assert model.seen[0] != model.seen[1]
+    predicted = [i for b in trainer.predict(model, datamodule=Data()) for i in b]
+    order = np.argsort(-dataset.longest(), kind="stable")
+    assert predicted == [dataset.ids[i] for i in order]
 
 
 def test_padding_fraction_counts_the_padded_slots_of_the_batches(root, tok):
     store, rankings = open_split(root, "LaMP_7", n=24, profile_size=(0, 8), words=(3, 60))
     dataset = open_cache(root, store, rankings, tok, max_length=128)
     collate = PadCollator.for_tokenizer(tok)
-    for sampler in (LengthGroupedBatchSampler(dataset.longest(), 4),
-                    LengthGroupedBatchSampler(np.zeros(len(dataset)), 4, shuffle=True)):
+    for sampler in (LengthGroupedBatchSampler(SequentialSampler(dataset), 4, lengths=dataset.longest()),
+                    LengthGroupedBatchSampler(shuffled(dataset), 4, lengths=np.zeros(len(dataset)))):
         masks = [collate([dataset[i] for i in b])["attention_mask"] for b in sampler]
         expected = 1 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
         assert padding_fraction(dataset, list(sampler)) == expected

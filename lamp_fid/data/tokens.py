@@ -61,7 +61,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import BatchSampler, Dataset
 from tqdm.auto import tqdm
 
 from lamp_fid.data.store import _clean_dead_builds, _lock, _remember, file_digest
@@ -554,64 +554,51 @@ class PadCollator:
 
 # --- batching by length ----------------------------------------------------------------------------
 
-class LengthGroupedBatchSampler(Sampler):
+class LengthGroupedBatchSampler(BatchSampler):
     """Batches of examples of similar length, so that little of each ``[B, n, L]`` batch is padding.
 
-    Evaluation (``shuffle=False``): all examples sorted by length, longest first (a stable sort: ties
-    keep file order), cut into batches; the order of the examples in the output changes, so whatever
-    writes predictions must key them by id. Training (``shuffle=True``): each epoch a permutation,
-    cut into groups of ``group_batches`` batches; each group is sorted by length and cut into batches,
-    then all batches are shuffled. The draws depend only on ``(seed, epoch)`` (call :meth:`set_epoch`;
-    Lightning does for a batch sampler that has it). With ``num_replicas`` > 1 each rank takes every
-    ``num_replicas``-th batch, the list first padded by repeating its first batches so that every rank
-    gets as many (as DistributedSampler pads examples).
+    A ``BatchSampler`` over the indices that ``sampler`` yields this epoch (so Lightning can inject its
+    DistributedSampler under DDP, and ``drop_last=False`` for prediction, as for any BatchSampler made
+    in a ``*_dataloader`` hook): they are cut into groups of ``group_batches`` batches in the sampler's
+    order (``None``: one group), each group is sorted by ``lengths`` (longest first; a stable sort, so
+    ties keep the sampler's order) and cut into batches.
+
+    * Evaluation/prediction: ``SequentialSampler(dataset)`` and ``group_batches=None``: the whole split
+      sorted by length. The examples come out in another order than the file's, so whatever writes
+      predictions must key them by id (it does) and restore the file's order where that matters.
+    * Training: a shuffling sampler and e.g. ``group_batches=50``. Use
+      ``DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)`` on one device:
+      its order, and so the batches, depend only on ``(seed, epoch)``, and Lightning calls its
+      ``set_epoch`` (``batch_sampler.sampler``) every epoch; under DDP Lightning puts its own there.
+      Within a group the batches run from long to short (as HF's length-grouped sampler does).
+
+    ``lengths[i]`` is example i's padded cost, e.g. :meth:`TokenDataset.longest`.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                 group_batches: int = 50, drop_last: bool = False, num_replicas: int = 1, rank: int = 0):
-        if batch_size < 1 or group_batches < 1:
-            raise LaMPError(f"batch_size and group_batches must be >= 1, got {batch_size}, {group_batches}")
-        if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise LaMPError(f"rank {rank} of {num_replicas} replicas is not a valid shard")
+    def __init__(self, sampler, batch_size: int, drop_last: bool = False, *, lengths: Sequence[int],
+                 group_batches: int | None = None):
+        super().__init__(sampler, batch_size, drop_last)
+        if group_batches is not None and group_batches < 1:
+            raise LaMPError(f"group_batches must be >= 1 (or None for one group), got {group_batches}")
         self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.group_batches = group_batches
-        self.drop_last, self.num_replicas, self.rank = drop_last, num_replicas, rank
-        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _split(self, order: np.ndarray) -> list[list[int]]:
-        return [order[s:s + self.batch_size].tolist() for s in range(0, len(order), self.batch_size)]
-
-    def batches(self) -> list[list[int]]:
-        """This epoch's batches for this rank (indices into the dataset)."""
-        n, bs = len(self.lengths), self.batch_size
-        if not self.shuffle:
-            batches = self._split(np.argsort(-self.lengths, kind="stable"))
-        else:
-            rng = np.random.default_rng([self.seed, self.epoch])
-            perm, group = rng.permutation(n), bs * self.group_batches
-            batches = []
-            for s in range(0, n, group):
-                part = perm[s:s + group]
-                batches += self._split(part[np.argsort(-self.lengths[part], kind="stable")])
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        if self.drop_last:
-            batches = [b for b in batches if len(b) == bs]
-        if self.num_replicas > 1 and batches:
-            total = -(-len(batches) // self.num_replicas) * self.num_replicas
-            batches = (batches * (total // len(batches) + 1))[:total][self.rank::self.num_replicas]
-        return batches
+        """Pass the epoch to the index sampler (outside Lightning, which calls the sampler's itself)."""
+        if callable(getattr(self.sampler, "set_epoch", None)):
+            self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches())
-
-    def __len__(self) -> int:
-        n, bs = len(self.lengths), self.batch_size
-        n = n // bs if self.drop_last else -(-n // bs)
-        return -(-n // self.num_replicas)
+        order = np.fromiter(iter(self.sampler), dtype=np.int64)
+        bs = self.batch_size
+        group = len(order) if self.group_batches is None else self.group_batches * bs
+        for g in range(0, len(order), max(group, 1)):
+            part = order[g:g + group]
+            part = part[np.argsort(-self.lengths[part], kind="stable")]
+            for s in range(0, len(part), bs):
+                batch = part[s:s + bs]
+                if len(batch) == bs or not self.drop_last:  # only the last group can end short
+                    yield batch.tolist()
 
 
 def padding_fraction(dataset: TokenDataset, batches: Sequence[Sequence[int]]) -> float:

@@ -95,7 +95,8 @@ def test_seeds_are_separate_reproducible_runs_at_any_ambient_thread_count(small_
     saved = json.loads((tmp_path / "a" / "demo_results.json").read_text())
     assert per_seed(saved) == a
     table = (tmp_path / "a" / "demo_results.md").read_text()
-    assert "mean (min – max) over seeds" in table and "Seeds 0, 1; 1 torch thread(s)." in table
+    assert "Seeds 0, 1; 1 torch thread(s); each cell: mean (min – max) over the seeds." in table
+    assert f"| LaMP_3 | MAE | {row['non_personalized']['mean']:.4f} ({row['non_personalized']['min']:.4f} – " in table
 
 
 def test_runs_of_other_settings_are_refused_or_retrained_never_reported(small_world, tmp_path, capsys):

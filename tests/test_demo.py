@@ -6,7 +6,6 @@ a few steps: the numbers mean nothing, only that they repeat exactly and land in
 
 import functools
 import json
-from pathlib import Path
 
 import pytest
 import torch

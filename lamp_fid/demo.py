@@ -27,9 +27,8 @@ from lamp_fid.paper import CONFIGS_DIR
 from lamp_fid.predictions import atomic_write
 from lamp_fid.tasks import get_task
 
-# One torch thread: the demo's ~0.2 M-parameter model gains little from a second thread on a quiet
-# 2-core machine and loses 3x or more when another process is busy (benchmarks/RESULTS.md, "Demo
-# threads").
+# One torch thread: with another process busy on a 2-core machine, a training step of the demo's
+# ~0.2 M-parameter model took 3-6x longer with two threads (benchmarks/RESULTS.md, "Demo threads").
 DEFAULT_THREADS = 1
 # Options the demo sets for every run itself: an override of one would make its folders or seeds lie.
 OWNED = ("--seed_everything", "--demo_data", "--data.data_dir", "--data.cache_dir", "--model.model_name_or_path")
@@ -171,6 +170,13 @@ def _rows(names: list[str], seeds: list[int], summaries: list[dict[str, dict]]) 
     return rows
 
 
+def _failures(rows: list[dict], seeds: list[int]) -> list[str]:
+    """One line per seed, task and metric where FiD is not strictly better than the baseline."""
+    return [f"seed {s}: FiD does not beat the baseline on {r['task']} {r['metric']} ({_num(f)} vs {_num(b)})"
+            for r in rows for s, b, f in zip(seeds, r["non_personalized"]["per_seed"], r["fid"]["per_seed"])
+            if s not in r["fid_better_seeds"]]
+
+
 def demo(output_dir: Path = Path("demo_runs"), tasks: list[str] = ["LaMP_3", "LaMP_2"],
          seeds: list[int] = [0], threads: int = DEFAULT_THREADS, configs_dir: Path = CONFIGS_DIR,
          overrides: list[str] = [], overwrite: bool = False) -> dict:
@@ -184,9 +190,10 @@ def demo(output_dir: Path = Path("demo_runs"), tasks: list[str] = ["LaMP_3", "La
         seeds: one full demo per seed (the seed fixes the generated data, the tokenizer, the model's
             initialisation and the training order); the table shows the mean and min-max over them,
             e.g. '[0, 1, 2]'.
-        threads: torch threads for training and evaluation. One is the default: a second thread helps
-            little on a quiet 2-core machine and slows the demo 3x or more when anything else runs.
-            The numbers are reproducible for a given seed and thread count on one machine.
+        threads: torch threads for training and evaluation. One is the default: with anything else
+            running on a small machine, a second thread slows each step 3-6x; on a dedicated machine
+            2 may be faster. The numbers are reproducible for a given seed and thread count on one
+            machine (another thread count gives slightly different ones).
         configs_dir: folder that holds the demo configs.
         overrides: extra `lamp-fid fit` options for every run, e.g. ["--trainer.max_steps=100"].
         overwrite: replace an existing demo report and retrain runs that were trained with other
@@ -218,16 +225,12 @@ def demo(output_dir: Path = Path("demo_runs"), tasks: list[str] = ["LaMP_3", "La
     wall = time.time() - start
 
     rows = _rows(names, seeds, summaries)
-    failures = [f"seed {s}: FiD does not beat the baseline on {r['task']} {r['metric']} "
-                f"({_num(f)} vs {_num(b)})"
-                for r in rows for s, b, f in zip(seeds, r["non_personalized"]["per_seed"], r["fid"]["per_seed"])
-                if s not in r["fid_better_seeds"]]
+    failures = _failures(rows, seeds)
     for p in per_seed:
-        p["fid_beats_baseline"] = not any(f.startswith(f"seed {p['seed']}:") for f in failures)
+        p["fid_beats_baseline"] = all(p["seed"] in r["fid_better_seeds"] for r in rows)
     n = len(seeds)
-    spread = "" if n == 1 else " mean (min – max) over seeds"
-    lines = [f"| task | metric | non-personalized{spread} | FiD k=4 (BM25){spread} | relative gain{spread} "
-             "| seeds where FiD is better |", "|---|---|---|---|---|---|"]
+    lines = ["| task | metric | non-personalized | FiD k=4 (BM25) | relative gain | seeds where FiD is better |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['task']} | {r['metric']} | {_fmt(r['non_personalized'])} | {_fmt(r['fid'])} "
                      f"| {_fmt(r['gain'], percent=True)} | {len(r['fid_better_seeds'])}/{n} |")
@@ -236,7 +239,8 @@ def demo(output_dir: Path = Path("demo_runs"), tasks: list[str] = ["LaMP_3", "La
                f"FiD beats the non-personalized baseline on every metric in every seed ({', '.join(map(str, seeds))}).")
     times = ", ".join(f"seed {p['seed']}: {p['wall_s']:.0f} s" for p in per_seed)
     text = (f"# lamp-fid offline demo (dev split of the generated data)\n\n"
-            f"Seeds {', '.join(map(str, seeds))}; {threads} torch thread(s).\n\n{table}\n\n{verdict}\n\n"
+            f"Seeds {', '.join(map(str, seeds))}; {threads} torch thread(s)"
+            f"{'' if n == 1 else '; each cell: mean (min – max) over the seeds'}.\n\n{table}\n\n{verdict}\n\n"
             f"Wall time: {wall:.0f} s (data, baseline and FiD training, validation; {times}).\n"
             "Gain is direction-aware: positive = better (lower MAE/RMSE, higher accuracy/F1).\n")
     result = {"seeds": seeds, "threads": threads, "spread": "min-max over seeds", "rows": rows,

@@ -6,14 +6,13 @@ a few steps: the numbers mean nothing, only that they repeat exactly and land in
 
 import functools
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 import lamp_fid.data.demo as demo_data_module
 from lamp_fid.cli import main
-from lamp_fid.demo import demo
+from lamp_fid.demo import _failures, _rows, demo
 from lamp_fid.errors import LaMPError
 
 STEPS = ["--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.log_every_n_steps=1",
@@ -61,6 +60,24 @@ def test_bad_options_are_one_line(args, message, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_every_seed_is_checked_and_a_losing_seed_is_named():
+    """Per seed: FiD must be strictly better on every metric, in the metric's direction."""
+    def summary(base: dict, fid: dict) -> dict:
+        return {"LaMP_3": {"baseline": {"metrics": base}, "best": {"metrics": fid}}}
+
+    summaries = [summary({"val/MAE": 1.25, "val/RMSE": 1.5}, {"val/MAE": 0.5, "val/RMSE": 0.875}),
+                 summary({"val/MAE": 1.0, "val/RMSE": 0.5}, {"val/MAE": 0.75, "val/RMSE": 0.75}),
+                 summary({"val/MAE": 1.25, "val/RMSE": 2.0}, {"val/MAE": 1.25, "val/RMSE": 1.0})]
+    rows = _rows(["LaMP_3"], [0, 1, 2], summaries)
+    mae, rmse = rows
+    assert mae["fid_better_seeds"] == [0, 1] and rmse["fid_better_seeds"] == [0, 2]
+    assert mae["fid"] == {"mean": 2.5 / 3, "min": 0.5, "max": 1.25, "per_seed": [0.5, 0.75, 1.25]}
+    assert rmse["gain"]["per_seed"] == [0.4166666666666667, -0.5, 0.5]  # lower is better
+    assert _failures(rows, [0, 1, 2]) == [
+        "seed 2: FiD does not beat the baseline on LaMP_3 MAE (1.2500 vs 1.2500)",
+        "seed 1: FiD does not beat the baseline on LaMP_3 RMSE (0.7500 vs 0.5000)"]
+
+
 def test_seeds_are_separate_reproducible_runs_at_any_ambient_thread_count(small_world, tmp_path, capsys):
     """Two seeds in their own folders; seed 1 alone, started from a process with another torch thread
     count, gives the same numbers to the last digit; the demo restores the caller's thread count."""
@@ -93,9 +110,11 @@ def test_seeds_are_separate_reproducible_runs_at_any_ambient_thread_count(small_
     assert [p.read_bytes() for p in sorted(data[0])] != [p.read_bytes() for p in sorted(data[1])]
 
     saved = json.loads((tmp_path / "a" / "demo_results.json").read_text())
-    assert per_seed(saved) == a
+    assert per_seed(saved) == a and saved["failures"] == _failures(both["rows"], [0, 1])
+    assert saved["fid_beats_baseline_in_every_seed"] == (not saved["failures"])
     table = (tmp_path / "a" / "demo_results.md").read_text()
-    assert "mean (min – max) over seeds" in table and "Seeds 0, 1; 1 torch thread(s)." in table
+    assert "Seeds 0, 1; 1 torch thread(s); each cell: mean (min – max) over the seeds." in table
+    assert f"| LaMP_3 | MAE | {row['non_personalized']['mean']:.4f} ({row['non_personalized']['min']:.4f} – " in table
 
 
 def test_runs_of_other_settings_are_refused_or_retrained_never_reported(small_world, tmp_path, capsys):

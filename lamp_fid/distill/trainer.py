@@ -15,13 +15,9 @@ that can be the starting encoder, which the saved ``lamp_fid_distill.json`` then
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
-import os
-import secrets
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +27,7 @@ from tqdm.auto import tqdm
 
 from lamp_fid.data.example import Example
 from lamp_fid.errors import LaMPDataError, LaMPError
-from lamp_fid.io import exists_message, make_folder, write_error
+from lamp_fid.io import atomic_folder, exists_message
 from lamp_fid.retrieval.base import item_texts
 from lamp_fid.retrieval.dense import MAX_LENGTH, mean_pool
 from lamp_fid.tasks import Task, get_task
@@ -269,36 +265,15 @@ def save_encoder(model, tokenizer, output: str | Path, *, overwrite: bool = Fals
                  info: dict | None = None) -> Path:
     """Save ``model`` and ``tokenizer`` (``save_pretrained``) as the folder ``output``, whole or not at all.
 
-    Written into a hidden temp folder beside ``output``, then renamed onto it. An existing ``output``
-    is refused unless ``overwrite``, and even then only if it is an HF model folder (has config.json):
-    a wrong path never deletes a folder of other files.
+    Written with :func:`lamp_fid.io.atomic_folder`: an existing ``output`` is refused unless
+    ``overwrite``, and even then only if it is an HF model folder (has config.json): a wrong path never
+    deletes a folder of other files.
     """
-    output = Path(output)
-    if output.exists():
-        if not overwrite:
-            raise LaMPError(exists_message(output))
-        if not (output.is_dir() and (output / "config.json").is_file()):
-            raise LaMPError(f"{output} is not an encoder folder (no config.json): not replacing it")
-    make_folder(output.parent)
-    tmp = output.with_name(f".{output.name}.{secrets.token_hex(8)}.tmp")
-    try:
-        try:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            (tmp / INFO_FILE).write_text(json.dumps(info or {}, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-            if output.exists():
-                old = output.with_name(f".{output.name}.{secrets.token_hex(8)}.old")
-                os.rename(output, old)
-                os.rename(tmp, output)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, output)
-        except OSError as err:
-            raise write_error(output, err) from None
-    finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(tmp)
-    return output
+    with atomic_folder(output, overwrite=overwrite, what="an encoder folder") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / INFO_FILE).write_text(json.dumps(info or {}, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return Path(output)
 
 
 def distill(encoder: str, questions: Sequence[DistillQuestion], output: str | Path,

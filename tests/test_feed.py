@@ -8,8 +8,10 @@ resumable mid-epoch.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
@@ -205,3 +207,137 @@ def test_bad_options_are_one_line(env):
         datamodule(env, group_by_length="train")
     with pytest.raises(LaMPError, match="lengths for"):
         LengthGroupedSampler(list(range(3)), lengths=[1, 2], batch_size=2)
+
+
+# --- dense ranking: item embeddings reused across files, encoders keyed by content ------------------
+
+from tests.test_dense import encoder_dir  # noqa: E402,F401  (the tiny BERT fixture)
+
+
+def time_split(folder: Path, users: int = 4, seed: int = 1) -> dict[str, Path]:
+    """A LaMP_7 time split in miniature: each user's first 2 questions in train, the 3rd in dev, whose
+    profile shares most items with the train questions and adds 2 new ones."""
+    from lamp_fid.data.fake import fake_examples
+
+    records = [q for q, _ in fake_examples("LaMP_7", 3 * users, profile_size=(6, 12), words=(3, 12),
+                                           seed=seed, questions_per_user=3)]
+    fresh = [q["profile"] for q, _ in fake_examples("LaMP_7", users, profile_size=(2, 2), words=(3, 12),
+                                                    seed=seed + 1)]
+    split = {"train": [], "dev": []}
+    for u in range(users):
+        split["train"] += records[3 * u:3 * u + 2]
+        split["dev"].append({**records[3 * u + 2], "profile": records[3 * u + 2]["profile"] + fresh[u]})
+    paths = {}
+    for name, questions in split.items():
+        paths[name] = folder / f"{name}_questions.json"
+        paths[name].write_text(json.dumps(questions))
+    return paths
+
+
+def open_store(path: Path, cache: Path):
+    from lamp_fid.data.store import LaMPStore
+
+    return LaMPStore.open("LaMP_7", path, None, cache_dir=cache, progress=False)
+
+
+def item_set(store) -> set[str]:
+    from lamp_fid.retrieval.base import item_texts
+
+    return {t for ex in store for t in item_texts(store.task, ex)}
+
+
+@pytest.fixture
+def count_embedded(monkeypatch):
+    """Item texts each ``DenseRetriever.embed`` call embeds (queries are counted apart)."""
+    from lamp_fid.retrieval.dense import DenseRetriever
+
+    calls: list[int] = []
+    embed = DenseRetriever.embed
+
+    def counting(self, texts, desc="embed", *args, **kwargs):
+        if "item" in desc:
+            calls.append(len(texts))
+        return embed(self, texts, desc, *args, **kwargs)
+
+    monkeypatch.setattr(DenseRetriever, "embed", counting)
+    return calls
+
+
+def test_ranking_dev_after_train_embeds_only_the_new_items(tmp_path, encoder_dir, count_embedded):
+    from lamp_fid.retrieval.dense import DenseRetriever
+    from lamp_fid.retrieval.rank import get_rankings
+
+    paths, cache = time_split(tmp_path), tmp_path / "cache"
+    train, dev = open_store(paths["train"], cache), open_store(paths["dev"], cache)
+    get_rankings(train, "dense", encoder=encoder_dir, cache_dir=cache, progress=False)
+    assert count_embedded == [len(item_set(train))]
+    get_rankings(dev, "dense", encoder=encoder_dir, cache_dir=cache, progress=False)
+    new = item_set(dev) - item_set(train)
+    assert 0 < len(new) < len(item_set(dev)) and count_embedded[1:] == [len(new)]
+    # the reused rows are the encoder's embeddings of those texts (up to float32 noise of batch shapes)
+    texts = sorted(item_set(dev))
+    fresh = DenseRetriever("LaMP_7", encoder=encoder_dir, progress=False).embed(texts)
+    cached = DenseRetriever("LaMP_7", encoder=encoder_dir, progress=False, cache_dir=cache)
+    assert torch.allclose(cached.embed_items(texts), fresh, atol=1e-5)
+    assert (cached.embedded, cached.reused) == (0, len(texts))
+
+
+def test_a_damaged_embedding_shard_is_embedded_again(tmp_path, encoder_dir, count_embedded, capsys):
+    from lamp_fid.retrieval.dense import DenseRetriever
+
+    cache = tmp_path / "cache"
+    r = DenseRetriever("LaMP_7", encoder=encoder_dir, progress=False, cache_dir=cache)
+    want = r.embed_items(["w1 w2", "w3"])
+    (shard,) = (p for p in r.embedding_cache().root.iterdir() if p.is_dir())
+    matrix = np.load(shard / "matrix.npy")
+    np.save(shard / "matrix.npy", matrix + 1)  # same size, other content
+    assert torch.equal(r.embed_items(["w1 w2", "w3"]), want) and r.embedded == 2
+    assert "ignoring the damaged embedding cache" in capsys.readouterr().err
+
+
+def dev_and_encoder(tmp_path, encoder_dir):
+    import shutil
+
+    paths, cache = time_split(tmp_path), tmp_path / "cache"
+    encoder = tmp_path / "encoder"
+    shutil.copytree(encoder_dir, encoder)  # copy2: sizes and modification times kept
+    return open_store(paths["dev"], cache), encoder, cache
+
+
+def test_a_copied_encoder_reads_the_cached_rankings_back(tmp_path, encoder_dir, count_embedded):
+    import shutil
+
+    from lamp_fid.retrieval.rank import get_rankings
+
+    dev, encoder, cache = dev_and_encoder(tmp_path, encoder_dir)
+    before = get_rankings(dev, "dense", encoder=str(encoder), cache_dir=cache, progress=False)
+    shutil.copytree(encoder, tmp_path / "copy")
+    calls = len(count_embedded)
+    again = get_rankings(dev, "dense", encoder=str(tmp_path / "copy"), cache_dir=cache, progress=False)
+    assert len(count_embedded) == calls  # read back: nothing embedded
+    assert again.ids == before.ids and np.array_equal(again.positions, before.positions)
+
+
+def test_a_retrained_encoder_with_the_same_sizes_and_times_is_ranked_again(tmp_path, encoder_dir):
+    """Retrained weights copied over the old ones with the same sizes and times (``cp -p``): the
+    ranking cache keys an encoder by content, so the stale rankings are not read back."""
+    import os
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from lamp_fid.retrieval.rank import get_rankings
+
+    dev, encoder, cache = dev_and_encoder(tmp_path, encoder_dir)
+    before = get_rankings(dev, "dense", encoder=str(encoder), cache_dir=cache, progress=False)
+    weights = encoder / "model.safetensors"
+    stat = weights.stat()
+    torch.manual_seed(1)  # "retrained": other weights of the same shapes
+    BertModel(BertConfig.from_pretrained(encoder)).save_pretrained(tmp_path / "retrained")
+    shutil.copyfile(tmp_path / "retrained" / "model.safetensors", weights)
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert weights.stat().st_size == stat.st_size and weights.stat().st_mtime_ns == stat.st_mtime_ns
+    after = get_rankings(dev, "dense", encoder=str(encoder), cache_dir=cache, progress=False)
+    fresh = get_rankings(dev, "dense", encoder=str(encoder), cache_dir=tmp_path / "other", progress=False)
+    assert np.array_equal(after.positions, fresh.positions)
+    assert not np.array_equal(after.positions, before.positions)  # the data can tell the difference

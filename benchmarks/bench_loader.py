@@ -90,7 +90,7 @@ def main() -> None:
     from lamp_fid.data.store import LaMPStore
     from lamp_fid.data.tokens import LengthGroupedBatchSampler, PadCollator, open_tokens, padding_fraction
     from lamp_fid.prompts import PromptBuilder
-    from lamp_fid.retrieval.cache import get_rankings
+    from lamp_fid.retrieval.rank import get_rankings
 
     load0 = os.getloadavg()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_loader_"))

@@ -226,7 +226,7 @@ def measure_loader(work: Path, tokenizer, args) -> dict:
     from lamp_fid.data.store import LaMPStore
     from lamp_fid.data.tokens import PadCollator, open_tokens
     from lamp_fid.prompts import PromptBuilder
-    from lamp_fid.retrieval.cache import get_rankings
+    from lamp_fid.retrieval.rank import get_rankings
 
     q, o = write_fake_split(work / "loader-data", "LaMP_4", "train", args.loader_questions,
                             profile_size=(100, 300), words=tuple(args.words))

@@ -193,8 +193,16 @@ class FiDModule(LightningModule):
     def _eval_epoch_start(self) -> None:
         self._step_outputs, self._has_golds = [], False
 
+    def _dataset_ids(self, stage: str) -> list[str] | None:
+        """The ids of the evaluated dataset in file order, when it lists them (a TokenDataset does):
+        length-grouped evaluation batches come in another order."""
+        trainer = getattr(self, "_trainer", None)
+        loaders = getattr(trainer, "val_dataloaders" if stage == "val" else "test_dataloaders", None)
+        ids = getattr(getattr(loaders, "dataset", None), "ids", None)
+        return ids if isinstance(ids, list) else None
+
     def _eval_epoch_end(self, stage: str, metric: LaMPMetric) -> None:
-        self.predictions = merge_rank_outputs(gather_objects(self._step_outputs))
+        self.predictions = merge_rank_outputs(gather_objects(self._step_outputs), order=self._dataset_ids(stage))
         self._step_outputs = []
         if any(gather_objects(self._has_golds)):
             # compute() already syncs and dedupes across ranks: every rank holds the same values, and

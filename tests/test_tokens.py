@@ -26,7 +26,7 @@ from lamp_fid.data.tokens import (LengthGroupedBatchSampler, PadCollator, TokenD
                                   padding_fraction, tokenizer_identity)
 from lamp_fid.errors import LaMPDataError, LaMPError
 from lamp_fid.prompts import PromptBuilder
-from lamp_fid.retrieval.cache import get_rankings
+from lamp_fid.retrieval.rank import get_rankings
 from lamp_fid.tasks import TASKS
 from tests.tiny import build_tokenizer
 

@@ -61,9 +61,10 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, Dataset
+from torch.utils.data import BatchSampler, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from lamp_fid.data.sampler import ResumableSampler
 from lamp_fid.data.store import _clean_dead_builds, _lock, _remember, file_digest
 from lamp_fid.errors import LaMPDataError, LaMPError
 from lamp_fid.io import make_folder, write_error
@@ -591,14 +592,46 @@ class LengthGroupedBatchSampler(BatchSampler):
     def __iter__(self) -> Iterator[list[int]]:
         order = np.fromiter(iter(self.sampler), dtype=np.int64)
         bs = self.batch_size
-        group = len(order) if self.group_batches is None else self.group_batches * bs
-        for g in range(0, len(order), max(group, 1)):
-            part = order[g:g + group]
-            part = part[np.argsort(-self.lengths[part], kind="stable")]
-            for s in range(0, len(part), bs):
-                batch = part[s:s + bs]
-                if len(batch) == bs or not self.drop_last:  # only the last group can end short
-                    yield batch.tolist()
+        order = grouped_by_length(order, self.lengths,
+                                  len(order) if self.group_batches is None else self.group_batches * bs)
+        for s in range(0, len(order), bs):
+            batch = order[s:s + bs]
+            if len(batch) == bs or not self.drop_last:  # only the last batch can be short
+                yield batch.tolist()
+
+
+def grouped_by_length(order: np.ndarray, lengths: np.ndarray, group: int) -> np.ndarray:
+    """``order`` cut into runs of ``group`` indices, each run sorted by ``lengths``, longest first (a
+    stable sort: ties keep ``order``)."""
+    parts = [order[g:g + group] for g in range(0, len(order), max(group, 1))]
+    return np.concatenate([p[np.argsort(-lengths[p], kind="stable")] for p in parts]) if parts else order
+
+
+class LengthGroupedSampler(ResumableSampler):
+    """The training order of ``group_by_length: all``: :class:`~lamp_fid.data.sampler.ResumableSampler`'s
+    epoch (a permutation seeded by ``seed + epoch``, this rank's shard under DDP) cut into groups of
+    ``group_batches * batch_size`` indices, each sorted longest first, which a DataLoader with the same
+    ``batch_size`` cuts into batches of similar length.
+
+    An index sampler, not a batch sampler: it is a ``DistributedSampler``, so Lightning keeps it under
+    DDP and calls its ``set_epoch``, and a resume skips exactly the batches already trained on (the
+    groups are whole batches, and the skipped samples are a prefix of the grouped order).
+    """
+
+    def __init__(self, dataset: Dataset, *, lengths: Sequence[int], batch_size: int, group_batches: int = 50,
+                 **options):
+        super().__init__(dataset, **options)
+        if group_batches < 1 or batch_size < 1:
+            raise LaMPError(f"group_batches and batch_size must be >= 1, got {group_batches}, {batch_size}")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        if len(self.lengths) != len(dataset):
+            raise LaMPError(f"{len(self.lengths)} lengths for {len(dataset)} examples")
+        self.batch_size, self.group_batches = batch_size, group_batches
+
+    def __iter__(self):
+        order = np.fromiter(DistributedSampler.__iter__(self), dtype=np.int64)
+        order = grouped_by_length(order, self.lengths, self.group_batches * self.batch_size)
+        return iter(order[self.skip:].tolist())
 
 
 def padding_fraction(dataset: TokenDataset, batches: Sequence[Sequence[int]]) -> float:

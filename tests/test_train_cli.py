@@ -117,9 +117,10 @@ def test_every_config_parses(config, capsys):
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    expected = (["layout: separate", "demo_data: demo_runs/data"] if config.name.startswith("demo")
+    expected = (["layout: separate", "data_dir: demo_runs/data/LaMP"] if config.name.startswith("demo")
                 else ["model_name_or_path: google/flan-t5-base", "layout: official"])
     assert "task: LaMP_" in out and all(e in out for e in expected)
+    assert "demo_data" not in out  # the training CLI knows nothing of demos
     if not config.name.startswith("demo"):  # a task config resolves to the paper table's every setting
         mode, task = config.stem.split("_")
         resolved = paper.flatten(yaml.safe_load(out))

@@ -31,7 +31,7 @@ from lamp_fid.tasks import get_task
 # ~0.2 M-parameter model took 3-6x longer with two threads (benchmarks/RESULTS.md, "Demo threads").
 DEFAULT_THREADS = 1
 # Options the demo sets for every run itself: an override of one would make its folders or seeds lie.
-OWNED = ("--seed_everything", "--demo_data", "--data.data_dir", "--data.cache_dir", "--model.model_name_or_path")
+OWNED = ("--seed_everything", "--data.data_dir", "--data.cache_dir", "--model.model_name_or_path")
 MAX_SEED = 2**32 - 1  # Lightning's seed_everything range
 
 
@@ -135,10 +135,8 @@ def _run_seed(seed: int, seed_dir: Path, names: list[str], configs: dict[str, Pa
     data_root, runs_dir = seed_dir / "data", seed_dir / "runs"
     # every demo task with the default generator: one tokenizer and model for all of them
     demo_data(data_root, tasks=["LaMP_3", "LaMP_2"], seed=seed)
-    # --demo_data null: fit must not regenerate this folder with its own (seed 0) defaults
     paths = ["--data.data_dir", str(data_root / "LaMP"), "--data.cache_dir", str(seed_dir / "cache"),
-             "--model.model_name_or_path", str(data_root / "tiny-t5"), "--demo_data", "null",
-             "--seed_everything", str(seed)]
+             "--model.model_name_or_path", str(data_root / "tiny-t5"), "--seed_everything", str(seed)]
     summaries = {}
     for name in names:
         _claim_runs(runs_dir, name, _settings(configs[name], seed, threads, overrides), overwrite)

@@ -35,14 +35,11 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from lamp_fid.errors import BudgetError, LaMPDataError, LaMPError
 from lamp_fid.io import atomic_open, check_target
+from lamp_fid.setting import Layout, Mode, is_baseline
 from lamp_fid.tasks import Task, get_task
-
-Mode = Literal["fid", "ipa", "none"]
-Layout = Literal["official", "separate"]
 
 FACTOR = 0.6  #: the official share of max_length the input may take from the profile at first
 FACTOR_STEP = 0.1  #: the official retry step (repeated float subtraction, exactly as LaMP does it)
@@ -398,10 +395,11 @@ def prompts(task: str, questions: Path, output: Path, tokenizer: str = "google/f
 
     builder = PromptBuilder(task_row, _load_tokenizer(tokenizer), max_length, mode=mode, layout=layout,
                             source=str(questions))
+    personal = not is_baseline(mode, retriever, k)
     store = LaMPStore.open(builder.task, questions, None, cache_dir=cache_dir,
-                           check_dates=retriever == "recency" and mode != "none" and k > 0)
+                           check_dates=retriever == "recency" and personal)
     rankings = None
-    if mode != "none" and k > 0:
+    if personal:
         from lamp_fid.retrieval.rank import get_rankings
 
         rankings = get_rankings(store, retriever, cache_dir=cache_dir, use_date=use_date, encoder=encoder,

@@ -17,7 +17,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lamp_fid.errors import LaMPError
-from lamp_fid.model import gather_objects
+from lamp_fid.distributed import gather_objects
 
 
 class LastCheckpoint(ModelCheckpoint):

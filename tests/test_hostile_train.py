@@ -328,12 +328,12 @@ def test_a_missing_outputs_file_is_downloaded_when_download_is_on(env, tmp_path,
 def test_run_config_leaves_no_temp_file_when_the_write_fails(tmp_path, monkeypatch):
     from jsonargparse import ArgumentParser
 
-    from lamp_fid.train import RunConfig
+    from lamp_fid.train import SaveRunConfig
 
     parser = ArgumentParser()
     parser.add_argument("--k", type=int, default=4)
     run = tmp_path / "run"
-    callback = RunConfig(parser, parser.parse_args([]), run_dir=str(run))
+    callback = SaveRunConfig(parser, parser.parse_args([]), run_dir=str(run))
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

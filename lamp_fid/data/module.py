@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -12,13 +11,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from lamp_fid.data.sampler import ResumableLoader, ResumableSampler
 from lamp_fid.errors import LaMPError
+from lamp_fid.setting import Layout, Mode, RetrieverName, Split, is_baseline
 from lamp_fid.tasks import get_task
-
-
-Split = Literal["train", "dev", "test"]
-Retriever = Literal["none", "random", "recency", "bm25", "dense"]
-Mode = Literal["fid", "ipa", "none"]
-Layout = Literal["official", "separate"]
 
 
 class PassageDataset(Dataset):
@@ -32,7 +26,7 @@ class PassageDataset(Dataset):
 
     def items_of(self, example) -> list[dict]:
         """The top-k profile items of ``example`` in rank order (none for the baseline)."""
-        if self.mode == "none" or self.k <= 0 or self.rankings is None:
+        if self.rankings is None or is_baseline(self.mode, k=self.k):
             return []
         positions = self.rankings[example.id][: self.k]
         return [example.profile[int(p)] for p in positions]
@@ -97,7 +91,7 @@ class LaMPDataModule(LightningDataModule):
         data_dir: Path | None = None,
         time_split: bool = False,
         download: bool = True,
-        retriever: Retriever = "bm25",
+        retriever: RetrieverName = "bm25",
         k: int = 1,
         mode: Mode = "fid",
         layout: Layout = "official",
@@ -242,7 +236,7 @@ class LaMPDataModule(LightningDataModule):
 
     def _rankings(self, store):
         h = self.hparams
-        if h.mode == "none" or h.retriever == "none":
+        if is_baseline(h.mode, h.retriever, h.k):
             return None
         from lamp_fid.retrieval.rank import get_rankings
 

@@ -120,7 +120,8 @@ def test_length_grouped_evaluation_gives_the_same_predictions_and_metrics(env, o
     got, want = runs["eval"]["validate"], runs["none"]["validate"]
     assert got.keys() == want.keys()
     for k, v in want.items():  # ROUGE means sum the per-example rows in the order they were seen
-        assert got[k] == pytest.approx(v, abs=1e-12)
+        # the loss is a mean over batches padded to other lengths: equal up to float32 summation order
+        assert got[k] == (pytest.approx(v, rel=1e-5) if k.endswith("/loss") else pytest.approx(v, abs=1e-12))
     # the sorted loader really did reorder the batches: longest first, not the file order
     dm = runs["eval"]["dm"]
     order = [i for b in dm.val_dataloader().batch_sampler for i in b]

@@ -134,7 +134,7 @@ def main() -> None:
     from lamp_fid.data.fake import write_fake_split
     from lamp_fid.data.store import LaMPStore
     from lamp_fid.retrieval.bm25 import BM25Retriever
-    from lamp_fid.retrieval.cache import get_rankings
+    from lamp_fid.retrieval.rank import get_rankings
     from lamp_fid.retrieval.dense import DenseRetriever
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_retrieval_"))

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from lamp_fid.ckpt_check import inside, load_weights
-from lamp_fid.errors import LaMPError
 from lamp_fid.distributed import gather_objects, merge_rank_outputs
+from lamp_fid.errors import LaMPError
+from lamp_fid.io import atomic_folder, check_folder_target
 from lamp_fid.predictions import write_predictions
 from lamp_fid.tasks import get_task
 
 log = logging.getLogger("lamp_fid")
+EXPORT = "a model export folder"  # what HFExport replaces: a folder with a config.json
 
 
 def _task_of(trainer, pl_module):
@@ -90,7 +90,8 @@ class HFExport(Callback):
 
     The folder loads with ``AutoModelForSeq2SeqLM.from_pretrained`` (and serves as
     ``--model.model_name_or_path`` for zero-shot style evaluation). Without a best checkpoint (no
-    ``ModelCheckpoint`` or nothing monitored) the final weights are exported, with a warning.
+    ``ModelCheckpoint`` or nothing monitored) the final weights are exported, with a warning. The folder
+    appears whole or not at all; an earlier export is replaced, a folder of other files never.
     """
 
     def __init__(self, dirpath: str | None = None, dirname: str = "hf_best"):
@@ -119,6 +120,7 @@ class HFExport(Callback):
         if best and not (ck.dirpath and inside(best, ck.dirpath)):
             raise LaMPError(f"the best checkpoint {best} is not in the run's checkpoint folder "
                             f"{ck.dirpath}: not exported")
+        check_folder_target(target, overwrite=True, what=EXPORT)
         if trainer.is_global_zero:
             self.export(pl_module, best, target)
         trainer.strategy.barrier()
@@ -136,19 +138,7 @@ class HFExport(Callback):
         else:
             log.warning("no best checkpoint to export (no ModelCheckpoint with a monitor?): exporting the "
                         "final weights to %s", target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-        try:
+        with atomic_folder(target, overwrite=True, what=EXPORT) as tmp:
             pl_module.model.save_pretrained(tmp, state_dict=state_dict)
             pl_module.tokenizer.save_pretrained(tmp)
-            if target.exists():  # replace a previous export only once the new one is complete
-                old = target.with_name(f".{target.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                target.rename(old)
-                tmp.rename(target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         log.info("exported %s to %s", checkpoint or "the final weights", target)

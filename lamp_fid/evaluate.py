@@ -13,8 +13,9 @@ import zipfile
 from pathlib import Path
 
 from lamp_fid.errors import LaMPDataError, LaMPError
+from lamp_fid.io import atomic_write, check_target
 from lamp_fid.metrics import score
-from lamp_fid.predictions import OutputsFile, atomic_write, check_ids, matching_golds, outputs_by_task
+from lamp_fid.predictions import OutputsFile, check_ids, matching_golds, outputs_by_task
 from lamp_fid.tasks import Task, resolve_task, task_for
 
 
@@ -70,8 +71,8 @@ def evaluate(
         raise LaMPError(f"--seed must be in [0, 2**32) (numpy's RandomState seeds), got {seed}")
     chosen = resolve_task(task)
     golds, preds = Path(golds), Path(preds)
-    if output is not None and Path(output).exists() and not overwrite:
-        raise LaMPError(f"{output} already exists; pass --overwrite true to replace it")
+    if output is not None:
+        check_target(output, overwrite=overwrite)  # before any scoring
     gold_files, pred_files = outputs_by_task(golds, several=True), outputs_by_task(preds)
     single = golds.is_file() and preds.is_file() and not _is_zip(golds) and not _is_zip(preds)
 

@@ -1,4 +1,4 @@
-"""Writing files: one atomic writer for the whole package.
+"""Writing files and folders: one atomic writer for the whole package.
 
 Every file lamp-fid writes appears whole or not at all. :func:`atomic_open` writes into a hidden temp
 file beside the target (``.<name>.<16 hex>.tmp``, created like a normal ``open``, so permissions follow
@@ -7,12 +7,13 @@ on any failure the temp is removed and the target is untouched. An existing targ
 ``overwrite`` (the refusal is :func:`check_target`'s one wording), and the refusal holds even against a
 file that appears while writing (the temp is hard-linked, not renamed, where the file system allows).
 A full disk, a missing permission, a folder where a file should be (and the like) become one
-:class:`LaMPError` line naming the path.
+:class:`LaMPError` line naming the path. :func:`atomic_folder` does the same for a folder that a
+library writes file by file (``save_pretrained``): a hidden temp folder, renamed onto the target.
 
-Temp files left by a killed writer (``kill -9``) are removed by the next writer in the same folder:
-a writer holds an exclusive ``flock`` on its temp for as long as it writes, and the kernel drops the
-lock when the process dies, so a temp older than a minute whose lock can be taken has no live writer.
-Where ``flock`` is unavailable, a temp counts as stale once untouched for :data:`STALE_S`.
+Temp files and folders left by a killed writer (``kill -9``) are removed by the next writer in the
+same folder: a writer holds an exclusive ``flock`` on its temp for as long as it writes, and the kernel
+drops the lock when the process dies, so a temp older than a minute whose lock can be taken has no live
+writer. Where ``flock`` is unavailable, a temp counts as stale once untouched for :data:`STALE_S`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import errno
 import os
 import re
 import secrets
+import shutil
 import stat
 import time
 from pathlib import Path
@@ -90,7 +92,8 @@ def _lock(fd: int) -> bool | None:
 
 
 def clean_stale_temps(folder: str | Path, *, now: float | None = None) -> list[Path]:
-    """Remove the temp files of dead writers in ``folder`` (see the module docstring); return them."""
+    """Remove the temp files and folders of dead writers in ``folder`` (see the module docstring);
+    return them."""
     now = time.time() if now is None else now
     removed = []
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
@@ -99,14 +102,18 @@ def clean_stale_temps(folder: str | Path, *, now: float | None = None) -> list[P
                 continue
             with contextlib.suppress(OSError):
                 st = entry.stat(follow_symlinks=False)
-                age = now - st.st_mtime
-                if not stat.S_ISREG(st.st_mode) or age < _GRACE_S:
+                age, is_dir = now - st.st_mtime, stat.S_ISDIR(st.st_mode)
+                if not (is_dir or stat.S_ISREG(st.st_mode)) or age < _GRACE_S:
                     continue
-                fd = os.open(entry.path, os.O_RDWR | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+                flags = os.O_RDONLY | os.O_DIRECTORY if is_dir else os.O_RDWR
+                fd = os.open(entry.path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
                 try:
                     dead = _lock(fd) if fcntl is not None else None
                     if dead or (dead is None and age > STALE_S):
-                        os.unlink(entry.path)
+                        if is_dir:
+                            shutil.rmtree(entry.path)
+                        else:
+                            os.unlink(entry.path)
                         removed.append(Path(entry.path))
                 finally:
                     os.close(fd)
@@ -190,3 +197,58 @@ def atomic_write(path: str | Path, data: str | bytes, *, overwrite: bool = False
     with atomic_open(path, "wb", overwrite=overwrite) as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
     return Path(path)
+
+
+def check_folder_target(path: str | Path, *, overwrite: bool = False, marker: str = "config.json",
+                        what: str = "a model folder") -> Path:
+    """Raise :class:`LaMPError` unless the folder ``path`` may be written: absent, or with ``overwrite``
+    a folder holding ``marker`` (so a wrong path never deletes a folder of other files). Commands call
+    it before any slow work (on every rank); :func:`atomic_folder` checks again."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise LaMPError(exists_message(path))
+        if path.is_symlink() or not (path / marker).is_file():
+            raise LaMPError(f"{path} is not {what} (no {marker}): not replacing it")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path, *, overwrite: bool = False, marker: str = "config.json",
+                  what: str = "a model folder") -> Iterator[Path]:
+    """Yield a hidden temp folder beside ``path`` that becomes the folder ``path`` when the ``with``
+    block ends without error; on any failure it is removed and ``path`` is untouched.
+
+    An existing ``path`` is replaced only with ``overwrite`` and only if it holds ``marker`` (see
+    :func:`check_folder_target`); the old folder is moved aside, the new one renamed in, the old one
+    removed. Missing parent folders are created; an ``OSError`` in the block or while renaming is one
+    :class:`LaMPError` line naming ``path``.
+    """
+    path = check_folder_target(path, overwrite=overwrite, marker=marker, what=what)
+    make_folder(path.parent)
+    clean_stale_temps(path.parent)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        os.mkdir(tmp)
+        fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise write_error(path, err) from None
+    try:
+        if fcntl is not None:
+            _lock(fd)
+        try:
+            yield tmp
+            check_folder_target(path, overwrite=overwrite, marker=marker, what=what)  # one may have appeared
+            if path.exists():
+                old = path.with_name(f".{path.name}.{secrets.token_hex(8)}.old")
+                os.rename(path, old)
+                os.rename(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, path)
+        except OSError as err:
+            raise write_error(path, err) from None
+    finally:
+        os.close(fd)
+        shutil.rmtree(tmp, ignore_errors=True)
+    _fsync_folder(path.parent)

@@ -190,11 +190,19 @@ class FiDModule(LightningModule):
     def on_test_epoch_start(self) -> None:
         self._step_outputs = []
 
+    def _dataset_ids(self, stage: str) -> list[str] | None:
+        """The ids of the evaluated dataset in file order, when it lists them (a TokenDataset does):
+        length-grouped evaluation batches come in another order."""
+        trainer = getattr(self, "_trainer", None)
+        loaders = getattr(trainer, "val_dataloaders" if stage == "val" else "test_dataloaders", None)
+        ids = getattr(getattr(loaders, "dataset", None), "ids", None)
+        return ids if isinstance(ids, list) else None
+
     def _eval_epoch_end(self, stage: str) -> None:
         """The epoch's predictions, and the official metrics of those with golds, from one gather."""
         # Every rank's (id, (output, gold)) in dataset order; DistributedSampler's padding duplicates
         # are dropped, so every rank holds the same outputs and computes the same metrics.
-        merged = merge_rank_outputs(gather_objects(self._step_outputs))
+        merged = merge_rank_outputs(gather_objects(self._step_outputs), order=self._dataset_ids(stage))
         self._step_outputs = []
         self.predictions = {i: pred for i, (pred, _) in merged.items()}
         golds = {i: gold for i, (_, gold) in merged.items() if gold is not None}

@@ -20,9 +20,10 @@ import sys
 from pathlib import Path
 
 import yaml
+from jsonargparse import auto_cli
 
 from lamp_fid.errors import LaMPError
-from lamp_fid.predictions import atomic_write
+from lamp_fid.io import atomic_write
 from lamp_fid.tasks import TASK_NAMES, get_task
 
 #: Where the package's configs are: the demo configs, the task configs and ``slurm/fit.sbatch``.
@@ -84,7 +85,7 @@ def config_name(task: str, mode: str) -> str:
 
 def code_defaults() -> dict:
     """What ``lamp-fid fit --print_config`` resolves without a config: the values a file may leave out."""
-    from lamp_fid.train import lightning_main
+    from lamp_fid.train import lightning_main  # heavy (Lightning, transformers): only this needs it
 
     out = io.StringIO()
     try:
@@ -226,18 +227,13 @@ def write_configs(output_dir: Path = CONFIGS_DIR, check: bool = False, overwrite
         raise LaMPError(f"{', '.join(map(str, changed))}: differ from the table in lamp_fid/paper.py; "
                         "regenerate with `python -m lamp_fid.paper`")
     for path, text in ({} if check else changed).items():
-        try:
-            atomic_write(path, text, overwrite=True)
-        except OSError as err:
-            raise LaMPError(f"{path}: cannot write ({err.strerror or err})") from None
+        atomic_write(path, text, overwrite=True)  # a write failure is one LaMPError line naming the file
         print(f"wrote {path}")
     return list(changed)
 
 
 def main(args: list[str] | None = None) -> None:
     """``python -m lamp_fid.paper [--output_dir DIR] [--check true] [--overwrite true]``."""
-    from jsonargparse import auto_cli
-
     try:
         auto_cli(write_configs, args=args, as_positional=False, prog="python -m lamp_fid.paper")
     except LaMPError as err:

@@ -36,7 +36,6 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from tqdm.auto import tqdm
 
@@ -44,10 +43,8 @@ from lamp_fid.data.store import LaMPStore
 from lamp_fid.errors import BudgetError, LaMPError
 from lamp_fid.io import atomic_open, check_target
 from lamp_fid.retrieval.rank import get_rankings
+from lamp_fid.setting import Layout, Mode, is_baseline
 from lamp_fid.tasks import Task, get_task, resolve_task
-
-Mode = Literal["fid", "ipa", "none"]
-Layout = Literal["official", "separate"]
 
 FACTOR = 0.6  #: the official share of max_length the input may take from the profile at first
 FACTOR_STEP = 0.1  #: the official retry step (repeated float subtraction, exactly as LaMP does it)
@@ -340,10 +337,11 @@ def prompts(task: str, questions: Path, output: Path, tokenizer: str = "google/f
     if limit is not None and limit < 0:
         raise LaMPError(f"limit must be >= 0, got {limit}")
     builder = PromptBuilder(task_row, _load_tokenizer(tokenizer), max_length, mode=mode, layout=layout)
+    personal = not is_baseline(mode, retriever, k)
     store = LaMPStore.open(builder.task, questions, None, cache_dir=cache_dir,
-                           check_dates=retriever == "recency" and mode != "none" and k > 0)
+                           check_dates=retriever == "recency" and personal)
     rankings = None
-    if mode != "none" and k > 0:
+    if personal:
         rankings = get_rankings(store, retriever, cache_dir=cache_dir, use_date=use_date, encoder=encoder,
                                 seed=seed)
     total = len(store) if limit is None else min(limit, len(store))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from lamp_fid.errors import LaMPError
 from lamp_fid.io import atomic_write, check_target
+from lamp_fid.setting import RunSetting, read_results
 from lamp_fid.tasks import Task, get_task
 
 STAGES = ("fit", "validate", "test")
@@ -29,38 +29,32 @@ CSV_FIELDS = ("task", "stage", "split", "time_split", "model", "mode", "layout",
 class Result:
     """One ``results.json``: a run's setting and its official metrics (names without ``val/``/``test/``)."""
 
-    task: Task
+    setting: RunSetting
     stage: str
     split: str
-    time_split: bool
-    model: str
-    mode: str
-    layout: str
-    retriever: str
-    k: int
     run_name: str
     metrics: dict[str, float]
     source: Path
     version: int = -1  #: N of the ``<stage>/version_N`` log folder; -1 for the fit summary
 
     @property
+    def task(self) -> Task:
+        return get_task(self.setting.task)
+
+    @property
     def group(self) -> tuple:
         """Runs in one group are comparable: same task, stage, split, split kind and model."""
         return (self.task.name, STAGES.index(self.stage) if self.stage in STAGES else 9, self.stage,
-                self.split, self.time_split, self.model)
+                self.split, self.setting.time_split, self.setting.model)
 
     @property
     def is_baseline(self) -> bool:
-        return self.mode == "none"
-
-    @property
-    def setting(self) -> tuple:
-        return (self.mode, self.layout, self.retriever, self.k)
+        return self.setting.is_baseline
 
     def label(self) -> str:
         """``fid-bm25`` (``fid-separate-bm25`` for a non-official layout): one line of a plot."""
-        layout = "" if self.layout == "official" else f"-{self.layout}"
-        return f"{self.mode}{layout}-{self.retriever}"
+        s = self.setting
+        return f"{s.mode}{'' if s.layout == 'official' else f'-{s.layout}'}-{s.retriever}"
 
 
 def direction(task: Task, metric: str) -> str:
@@ -100,25 +94,22 @@ def best_of(results: list, metric, mode: str):
 
 
 def read_result(path: Path) -> Result:
-    """Parse one ``results.json``; a ``LaMPError`` naming the file if it is not one."""
+    """One ``results.json`` (``lamp_fid.setting.read_results``) with the task's official metrics; a
+    ``LaMPError`` naming the file if it is not one."""
+    results = read_results(path)
+    if results.stage is None:
+        raise LaMPError(f"{path}: not a lamp-fid results.json (no stage)")
+    stage = str(results.stage)
+    prefix = {"fit": "val/", "validate": "val/"}.get(stage, f"{stage}/")
     try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-        task = get_task(raw["task"])
-        stage = str(raw["stage"])
-        mode = str(raw["mode"])
-        prefix = {"fit": "val/", "validate": "val/"}.get(stage, f"{stage}/")
-        metrics = {m: float(raw["metrics"][prefix + m]) for m in task.metrics
-                   if raw.get("metrics", {}).get(prefix + m) is not None}
-        version = re.fullmatch(r"version_(\d+)", Path(path).parent.name)
-        return Result(
-            task=task, stage=stage, split=str(raw.get("split") or "?"),
-            time_split=bool(raw.get("time_split", False)), model=str(raw.get("model") or "?"),
-            mode=mode, layout=str(raw.get("layout") or "official"),
-            retriever="none" if mode == "none" else str(raw["retriever"]),
-            k=0 if mode == "none" else int(raw["k"]), run_name=str(raw.get("run_name") or ""),
-            metrics=metrics, source=Path(path), version=int(version.group(1)) if version else -1)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        metrics = {m: float(results.metrics[prefix + m]) for m in get_task(results.setting.task).metrics
+                   if results.metrics.get(prefix + m) is not None}
+    except (ValueError, TypeError) as err:
         raise LaMPError(f"{path}: not a lamp-fid results.json ({type(err).__name__}: {err})") from None
+    version = re.fullmatch(r"version_(\d+)", Path(path).parent.name)
+    return Result(setting=results.setting, stage=stage, split=str(results.split or "?"),
+                  run_name=results.run_name, metrics=metrics, source=Path(path),
+                  version=int(version.group(1)) if version else -1)
 
 
 def collect(runs_dir: Path) -> tuple[list[Result], list[str]]:
@@ -184,7 +175,8 @@ def group_results(results: list[Result]) -> list[Group]:
         baseline = best_of(baselines, monitor, task.monitor_mode)
         if baseline is None and baselines:
             baseline = baselines[0]
-        personal.sort(key=lambda r: (r.mode, r.layout, r.retriever, r.k, r.run_name))
+        personal.sort(key=lambda r: (r.setting.mode, r.setting.layout, r.setting.retriever, r.setting.k,
+                                     r.run_name))
         baselines.sort(key=lambda r: r is not baseline)
         groups.append(Group(key, baselines + personal, baseline,
                             best_of(personal, monitor, task.monitor_mode),
@@ -223,7 +215,8 @@ def markdown(groups: list[Group], title: str) -> str:
             lines += [f"## {task.name}: {task.title}", ""]
         first = g.rows[0]
         stage = STAGE_TEXT.get(first.stage, first.stage)
-        lines += [f"### {stage} · {_split_text(first.split, first.time_split)} · model `{first.model}`", ""]
+        split = _split_text(first.split, first.setting.time_split)
+        lines += [f"### {stage} · {split} · model `{first.setting.model}`", ""]
         heads = []
         for m in task.metrics:
             arrow = " ↓" if direction(task, m) == "min" else ""
@@ -234,7 +227,8 @@ def markdown(groups: list[Group], title: str) -> str:
             cells = []
             for m in task.metrics:
                 cells += [_fmt(r.metrics.get(m)), "baseline" if r is g.baseline else _pct(g.gain(r, m))]
-            row = [r.run_name, r.mode, r.retriever, str(r.k), r.layout, *cells]
+            s = r.setting
+            row = [r.run_name, s.mode, s.retriever, str(s.k), s.layout, *cells]
             if r is g.best:
                 row = [f"**{c}**" for c in row]
                 row[0] = "★ " + row[0]
@@ -261,9 +255,10 @@ def csv_text(groups: list[Group]) -> str:
                 base = g.baseline.metrics.get(m) if g.baseline else None
                 gain = g.gain(r, m)
                 w.writerow({
-                    "task": r.task.name, "stage": r.stage, "split": r.split, "time_split": r.time_split,
-                    "model": r.model, "mode": r.mode, "layout": r.layout, "retriever": r.retriever,
-                    "k": r.k, "run_name": r.run_name, "metric": m, "direction": direction(r.task, m),
+                    "task": r.task.name, "stage": r.stage, "split": r.split,
+                    "time_split": r.setting.time_split, "model": r.setting.model, "mode": r.setting.mode,
+                    "layout": r.setting.layout, "retriever": r.setting.retriever, "k": r.setting.k,
+                    "run_name": r.run_name, "metric": m, "direction": direction(r.task, m),
                     "value": repr(r.metrics[m]), "baseline": "" if base is None else repr(base),
                     "baseline_run": g.baseline.run_name if g.baseline else "",
                     "relative_gain": "" if gain is None else repr(gain), "best": r is g.best,
@@ -278,8 +273,8 @@ def _model_name(model: str) -> str:
 
 def _stem(g: Group) -> str:
     r = g.rows[0]
-    model = re.sub(r"[^A-Za-z0-9_.-]+", "_", _model_name(r.model))
-    return f"{r.task.name}_{r.stage}_{r.split}{'_time' if r.time_split else ''}_{model}"
+    model = re.sub(r"[^A-Za-z0-9_.-]+", "_", _model_name(r.setting.model))
+    return f"{r.task.name}_{r.stage}_{r.split}{'_time' if r.setting.time_split else ''}_{model}"
 
 
 def _png(fig) -> bytes:
@@ -294,7 +289,7 @@ def plot_k(g: Group, plt) -> bytes | None:
     lines: dict[str, list[tuple[int, float]]] = {}
     for r in g.rows:
         if not r.is_baseline and metric in r.metrics:
-            lines.setdefault(r.label(), []).append((r.k, r.metrics[metric]))
+            lines.setdefault(r.label(), []).append((r.setting.k, r.metrics[metric]))
     if not lines:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -313,8 +308,9 @@ def plot_k(g: Group, plt) -> bytes | None:
     r = g.rows[0]
     ax.set_xlabel("k (retrieved profile items)")
     ax.set_ylabel(f"{metric}{arrow}")
-    ax.set_title(f"{task.name} {task.title}: {metric} vs k\n{r.stage} · {_split_text(r.split, r.time_split)}"
-                 f" · {_model_name(r.model)}", fontsize=10)
+    ax.set_title(f"{task.name} {task.title}: {metric} vs k\n{r.stage} · "
+                 f"{_split_text(r.split, r.setting.time_split)} · {_model_name(r.setting.model)}",
+                 fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     data = _png(fig)
@@ -331,7 +327,7 @@ def plot_best_vs_baseline(groups: list[Group], plt) -> bytes | None:
     fig, axes = plt.subplots(1, n, figsize=(3.0 * n + 0.6, 4.2), squeeze=False)
     for ax, g in zip(axes[0], panels):
         metric, task = g.monitor, g.task
-        best = f"best: {g.best.label()} k={g.best.k}" if g.best else "best personalized"
+        best = f"best: {g.best.label()} k={g.best.setting.k}" if g.best else "best personalized"
         bars = [("non-personalized", g.baseline, "tab:gray"), (best, g.best, "tab:blue")]
         names = [b[0] for b in bars]
         values = [b[1].metrics.get(metric, math.nan) if b[1] else math.nan for b in bars]
@@ -344,8 +340,9 @@ def plot_best_vs_baseline(groups: list[Group], plt) -> bytes | None:
         gain = relative_gain(values[1], values[0], direction(task, metric)) \
             if not any(math.isnan(v) for v in values) else None
         r = g.rows[0]
-        split = f"{r.split}{' time' if r.time_split else ''}"
-        model = f", {_model_name(r.model)}" if len({p.rows[0].model for p in panels}) > 1 else ""
+        split = f"{r.split}{' time' if r.setting.time_split else ''}"
+        several = len({p.rows[0].setting.model for p in panels}) > 1
+        model = f", {_model_name(r.setting.model)}" if several else ""
         ax.set_title(f"{task.name} ({r.stage}, {split}{model})\ngain {_pct(gain)}", fontsize=9)
         ax.margins(y=0.15)
     fig.suptitle("personalized (best setting) vs non-personalized", fontsize=11)
@@ -404,7 +401,7 @@ def report(
         by_stage: dict[tuple, list[Group]] = {}
         for g in groups:
             r = g.rows[0]
-            by_stage.setdefault((r.stage, r.split, r.time_split), []).append(g)
+            by_stage.setdefault((r.stage, r.split, r.setting.time_split), []).append(g)
         for (stage, split, time_split), gs in by_stage.items():
             png = plot_best_vs_baseline(gs, plt)
             if png is not None:

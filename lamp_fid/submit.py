@@ -16,9 +16,9 @@ from pathlib import Path
 from lamp_fid.data.paths import check_split, default_data_dir, split_paths
 from lamp_fid.data.reader import iter_json_array
 from lamp_fid.errors import LaMPDataError, LaMPError
-from lamp_fid.tasks import resolve_task, task_for
-from lamp_fid.predictions import atomic_write, check_ids, matching_golds, outputs_by_task, predictions_json
-from lamp_fid.tasks import TASKS
+from lamp_fid.io import atomic_write, check_target
+from lamp_fid.predictions import check_ids, matching_golds, outputs_by_task, predictions_json
+from lamp_fid.tasks import TASKS, resolve_task, task_for
 
 
 def question_ids(path: str | Path) -> list[str]:
@@ -68,8 +68,7 @@ def submit(
         raise LaMPError("give either --questions_dir (the LaMP data folder) or --golds_dir, not both")
     if golds_dir is None and questions_dir is None:
         questions_dir = default_data_dir()
-    if output.exists() and not overwrite:
-        raise LaMPError(f"{output} already exists; pass --overwrite true to replace it")
+    check_target(output, overwrite=overwrite)  # before any reading
     chosen = [resolve_task(t) for t in tasks] if tasks else []
     preds = outputs_by_task(preds_dir)
     names = [t.official_name for t in chosen] or sorted(preds)

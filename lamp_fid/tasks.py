@@ -217,6 +217,26 @@ TASKS: dict[str, Task] = {
     )
 }
 
+#: The official instruction that opens every question's input (LAMP_SPEC.md section 1), as a
+#: ``str.format`` template over the payload: ``{text}`` and ``{labels}`` (the task's labels joined by
+#: ", "); LaMP_1's over the paper's ``{title}`` and its two candidate references ``{ref1}``, ``{ref2}``.
+#: φq (``query_of``) finds its marker in these.
+INSTRUCTIONS: dict[str, str] = {
+    "LaMP_1": ('For an author who has written the paper with the title "{title}", which reference is '
+               'related? Just answer with [1] or [2] without explanation. [1]: "{ref1}" [2]: "{ref2}"'),
+    "LaMP_2": ("Which tag does this movie relate to among the following tags? Just answer with the tag "
+               "name without further explanation. tags: [{labels}] description: {text}"),
+    "LaMP_2N": ("Which category does this article relate to among the following categories? Just answer "
+                "with the category name without further explanation. categories: [{labels}] "
+                "article: {text}"),
+    "LaMP_3": ("What is the score of the following review on a scale of 1 to 5? just answer with 1, 2, 3, "
+               "4, or 5 without further explanation. review: {text}"),
+    "LaMP_4": "Generate a headline for the following article: {text}",
+    "LaMP_5": "Generate a title for the following abstract of a paper: {text}",
+    "LaMP_6": "Generate a subject for the following email: {text}",
+    "LaMP_7": "Paraphrase the following tweet without any explanation before or after it: {text}",
+}
+
 _ALIASES = {"LaMP_2_news": "LaMP_2N", "LaMP_2_NEWS": "LaMP_2N", "LaMP_2news": "LaMP_2N"}
 
 

@@ -8,32 +8,29 @@ with ``metrics.csv`` and predictions in the official LaMP format.
 
 from __future__ import annotations
 
-import json
+import sys
+import warnings
 from pathlib import Path
 
-from lightning.pytorch import Callback
+from jsonargparse import ArgumentError, Namespace
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
+from lamp_fid.callbacks import HFExport, LaMPPredictionWriter
+from lamp_fid.ckpt_check import SPECIAL, check_checkpoint
+from lamp_fid.data.module import LaMPDataModule
 from lamp_fid.errors import LaMPError
-from lamp_fid.predictions import atomic_write
+from lamp_fid.io import atomic_write
+from lamp_fid.model import FiDModule
+from lamp_fid.resume import LastCheckpoint, RNGState
+from lamp_fid.runfolder import RunFolderLock, with_atomic_checkpoints
+from lamp_fid.setting import RunResults, RunSetting, write_results
 from lamp_fid.tasks import get_task
 
 
-
-def default_run_name(data: dict) -> str:
-    """``LaMP_3-fid-bm25-k4`` (``-time`` for the time split; ``LaMP_3-none`` for the baseline)."""
-    task = get_task(data["task"]).name
-    if data.get("mode") == "none" or data.get("retriever") == "none":
-        name = f"{task}-none"
-    else:
-        layout = "" if data.get("layout", "official") == "official" else f"-{data['layout']}"
-        name = f"{task}-{data['mode']}{layout}-{data['retriever']}-k{data['k']}"
-    return name + ("-time" if data.get("time_split") else "")
-
-
-class RunConfig(SaveConfigCallback):
+class SaveRunConfig(SaveConfigCallback):
     """Saves the resolved config in the command's log folder and, for a new fit, as ``<run>/config.yaml``.
 
     ``lamp-fid test --config <run>/config.yaml --ckpt_path <run>/last.ckpt`` then restores every
@@ -49,11 +46,7 @@ class RunConfig(SaveConfigCallback):
             target = Path(self.run_dir) / "config.yaml"
             if not target.exists():  # a unique temp file in the run folder, removed on failure
                 text = self.parser.dump(self.config, skip_none=False)
-                try:
-                    atomic_write(target, text)
-                except OSError as err:
-                    raise LaMPError(f"{target}: cannot write the run's config "
-                                    f"({err.strerror or err})") from None
+                atomic_write(target, text)  # a full disk or a read-only folder: one LaMPError line
 
 
 class FallbackReport(Callback):
@@ -103,22 +96,25 @@ class RunSummary(Callback):
     """Writes ``<run>/results.json`` after fit and ``<log dir>/results.json`` after test/validate.
 
     Fit: the validation metrics of the epoch whose monitored metric was best (the best checkpoint's),
-    with the run's setting (task, mode, retriever, k, layout, split). ``lamp-fid report`` and
+    with the run's setting (``lamp_fid.setting.write_results``). ``lamp-fid report`` and
     ``lamp-fid tune`` read these files.
     """
 
-    def __init__(self, run_dir: str, setting: dict):
-        self.run_dir, self.setting = Path(run_dir), setting
+    def __init__(self, run_dir: str | Path, setting: RunSetting, run_name: str):
+        self.run_dir, self.setting, self.run_name = Path(run_dir), setting, run_name
         self.best: dict | None = None
 
     def _metrics(self, trainer, prefix: str) -> dict[str, float]:
         return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
 
+    def _write(self, trainer, path: Path, stage: str, split: str, metrics: dict, **fit) -> None:
+        if trainer.is_global_zero:
+            write_results(path, RunResults(self.setting, self.run_name, stage, split, metrics, **fit))
+
     def on_validation_end(self, trainer, pl_module):
         if trainer.state.fn == "validate":
-            self._write(trainer, Path(trainer.log_dir) / "results.json", {
-                "stage": "validate", "split": self.setting.get("val_split"),
-                "metrics": self._metrics(trainer, "val/")})
+            self._write(trainer, Path(trainer.log_dir) / "results.json", "validate", self.setting.val_split,
+                        self._metrics(trainer, "val/"))
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         ck = trainer.checkpoint_callback
@@ -138,34 +134,17 @@ class RunSummary(Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.best = state_dict.get("best")
 
-    def _write(self, trainer, path: Path, payload: dict) -> None:
-        if trainer.is_global_zero:
-            atomic_write(path, json.dumps({**self.setting, **payload}, indent=2, sort_keys=True) + "\n",
-                         overwrite=True)
-
     def on_fit_end(self, trainer, pl_module):
         if self.best is None:
             return
         ck = trainer.checkpoint_callback
-        self._write(trainer, self.run_dir / "results.json", {
-            "stage": "fit", "split": self.setting.get("val_split"), "monitor": ck.monitor,
-            "best_checkpoint": str(ck.best_model_path), **self.best})
+        self._write(trainer, self.run_dir / "results.json", "fit", self.setting.val_split,
+                    self.best["metrics"], monitor=ck.monitor, best_checkpoint=str(ck.best_model_path),
+                    epoch=self.best["epoch"], step=self.best["step"])
 
     def on_test_end(self, trainer, pl_module):
-        self._write(trainer, Path(trainer.log_dir) / "results.json", {
-            "stage": "test", "split": self.setting.get("test_split"),
-            "metrics": self._metrics(trainer, "test/")})
-
-
-def last_checkpoint(run_dir: Path) -> ModelCheckpoint:
-    """``<run>/last.ckpt`` after every epoch, for resuming.
-
-    Lightning 2.6's ``save_last`` only writes when a top-k checkpoint was written at the same step, so
-    after an epoch that did not improve, ``last.ckpt`` would be an older state. This second checkpoint
-    callback (no monitor: it always keeps the latest) is the run's resume point.
-    """
-    return ModelCheckpoint(dirpath=str(run_dir), filename="last", monitor=None, save_top_k=1,
-                           enable_version_counter=False)
+        self._write(trainer, Path(trainer.log_dir) / "results.json", "test", self.setting.test_split,
+                    self._metrics(trainer, "test/"))
 
 
 def _is_run_logger(logger, run_dir: Path) -> bool:
@@ -189,12 +168,12 @@ class LaMPCLI(LightningCLI):
                             help="folder that holds run folders")
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="fit: allow starting a new run in a run folder that already has checkpoints")
-        parser.add_argument("--demo_data", type=Path | None, default=None,
-                            help="offline demo: generate the demo's data, tokenizer and tiny T5 into this "
-                                 "folder first, unless already there (configs/demo*.yaml set it)")
+        parser.add_argument("--last_every_n_steps", type=int | None, default=None,
+                            help="fit: also write <run>/last.ckpt every this many optimizer steps (it is "
+                                 "always written after every validation); a killed fit resumes from it")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
-            "checkpoint.save_last": False,  # last.ckpt comes from last_checkpoint() below
+            "checkpoint.save_last": False,  # last.ckpt comes from LastCheckpoint (run_callbacks)
             "checkpoint.save_top_k": 1,
             "checkpoint.filename": "best-{epoch}-{step}",
             "model.optimizer": cli_default(PAPER_OPTIMIZER),  # FiDModule's default, as the CLI writes it
@@ -205,7 +184,12 @@ class LaMPCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """Keep the command's options: Lightning would overwrite the model options with the checkpoint's
         hyperparameters, silently dropping those given on the command line. ``_check_ckpt`` compares
-        them instead."""
+        them instead.
+
+        A private method, overridden because Lightning 2.6 has no public hook for it (upstream proposes
+        an ``adapt_checkpoint_hparams`` hook). tests/test_train_cli.py fails if Lightning stops calling
+        it, and test_hostile_train checks that the command line wins.
+        """
 
     def _check_ckpt(self, cfg, run_dir: Path) -> None:
         """Checkpoints load as weights only; refuse a ``--ckpt_path`` this command must not use.
@@ -215,8 +199,6 @@ class LaMPCLI(LightningCLI):
         gradient checkpointing, skipping empty passages); validate/test/predict need the checkpoint's
         task and base model. ``--ckpt_path last`` is ``<run>/last.ckpt``.
         """
-        from lamp_fid.ckpt_check import SPECIAL, check_checkpoint
-
         if cfg.get("weights_only") is False:
             raise LaMPError("--weights_only false: lamp-fid only loads checkpoints as weights")
         if "weights_only" in cfg:
@@ -234,17 +216,13 @@ class LaMPCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cmd = self.subcommand
         cfg = self.config[cmd]
-        if cfg.get("demo_data"):
-            from lamp_fid.data.demo import demo_data
-
-            demo_data(Path(cfg.demo_data))  # every demo task: one tokenizer and model for all
         try:
             task = get_task(cfg.data.task)
         except ValueError as err:
             raise LaMPError(f"--data.task: {err}") from None
-        run_name = cfg.run_name or default_run_name(dict(cfg.data))
-        run_dir = Path(cfg.runs_dir) / run_name
-        self.run_dir = run_dir
+        self.setting = RunSetting.from_data(dict(cfg.data), model=cfg.model.model_name_or_path)
+        self.run_name = cfg.run_name or self.setting.run_name()
+        run_dir = self.run_dir = Path(cfg.runs_dir) / self.run_name
         self._check_ckpt(cfg, run_dir)
         if cmd == "fit" and not cfg.get("ckpt_path") and not cfg.overwrite and any(run_dir.glob("*.ckpt")):
             raise LaMPError(f"{run_dir} already holds checkpoints: resume with --ckpt_path "
@@ -259,46 +237,85 @@ class LaMPCLI(LightningCLI):
         if tr.logger in (None, True) or _is_run_logger(tr.logger, run_dir):
             tr.logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
                          "init_args": {"save_dir": str(run_dir), "name": cmd}}
-        d = cfg.data
-        self.setting = {"task": task.name, "mode": d.mode, "retriever": "none" if d.mode == "none"
-                        else d.retriever, "k": 0 if d.mode == "none" else d.k, "layout": d.layout,
-                        "time_split": d.time_split, "val_split": d.val_split, "test_split": d.test_split,
-                        "run_name": run_name, "model": cfg.model.model_name_or_path}
-        if self.save_config_kwargs is not False:
-            self.save_config_kwargs = {**(self.save_config_kwargs or {}), "run_dir": str(run_dir)}
+        self.lock = RunFolderLock(run_dir) if cmd == "fit" else None
+        # Lightning appends trainer_defaults' callbacks after the "checkpoint" group's ModelCheckpoint,
+        # which so stays `trainer.checkpoint_callback` (the best model for HFExport, tune, results)
+        self.trainer_defaults = {**self.trainer_defaults, "callbacks": self.run_callbacks(cfg)}
+        self.save_config_kwargs = {**self.save_config_kwargs, "run_dir": str(run_dir)}
 
-    def _instantiate_trainer(self, config: dict, callbacks: list) -> object:
-        from lamp_fid.callbacks import HFExport, LaMPPredictionWriter
+    def run_callbacks(self, cfg) -> list[Callback]:
+        """The run folder's callbacks: ``last.ckpt``, budget fallback counts, ``results.json`` and the RNG
+        states on every command (test/predict with a fit's checkpoint expect its callbacks); fit adds
+        the HF export of the best model and the run folder's lock, the others write official-format
+        predictions into the command's log folder."""
+        callbacks = [LastCheckpoint(self.run_dir, cfg.get("last_every_n_steps")), FallbackReport(),
+                     RunSummary(self.run_dir, self.setting, self.run_name), RNGState()]
+        if self.lock is not None:
+            callbacks += [HFExport(), self.lock]  # HFExport: <run>/hf_best
+        else:
+            callbacks.append(LaMPPredictionWriter(on_test=True, on_validate=True, overwrite=False))
+        return callbacks
 
-        # after the "checkpoint" group (added by LightningCLI in `callbacks`), so that the monitored
-        # checkpoint stays `trainer.checkpoint_callback` (the best model for HFExport, tune, results)
-        extra = [last_checkpoint(self.run_dir), FallbackReport(), RunSummary(str(self.run_dir), self.setting)]
-        if self.subcommand == "fit":
-            extra.append(HFExport())  # <run>/hf_best
-        else:  # official-format predictions in the command's log folder
-            extra.append(LaMPPredictionWriter(on_test=True, on_validate=True, overwrite=False))
-        return super()._instantiate_trainer(config, list(callbacks) + extra)
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """The Trainer, writing checkpoints atomically unless the config names its own CheckpointIO."""
+        plugins = self.config_init[self.subcommand].trainer.get("plugins")
+        return super().instantiate_trainer(plugins=with_atomic_checkpoints(plugins), **kwargs)
+
+    def after_instantiate_classes(self) -> None:
+        """Fit: lock the run folder before anything is written into it (global rank 0 only: the ranks
+        of one fit are one writer)."""
+        if self.lock is None or not self.trainer.is_global_zero:
+            return
+        self.lock.acquire()
+        cfg = self.config[self.subcommand]
+        if not cfg.get("ckpt_path") and not cfg.overwrite and any(self.run_dir.glob("*.ckpt")):
+            self.lock.release()
+            raise LaMPError(f"{self.run_dir}: another fit wrote checkpoints there while this one "
+                            "started; resume with --ckpt_path or pick another --run_name")
 
 
-def lightning_main(args: list[str]) -> LaMPCLI:
-    """Run ``fit|validate|test|predict`` through LaMPCLI (``args`` starts with the subcommand)."""
-    from lamp_fid.data.module import LaMPDataModule
-    from lamp_fid.model import FiDModule
-
-    import sys
-    import warnings
-
+def _cli(cli_class: type[LaMPCLI], args: list[str], **parser_kwargs) -> LaMPCLI:
     # lamp-fid guards run folders itself (fit refuses a folder with checkpoints unless resuming or
     # --overwrite): the folder is never empty, since config.yaml is written before the first checkpoint
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
-    return LaMPCLI(
+    return cli_class(
         FiDModule,
         LaMPDataModule,
         # None when called from the console script: LightningCLI then reads sys.argv itself
         args=None if args == sys.argv[1:] else args,
         auto_configure_optimizers=False,
-        save_config_callback=RunConfig,
+        save_config_callback=SaveRunConfig,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "lamp-fid"},
+        parser_kwargs={"prog": "lamp-fid", **parser_kwargs},
     )
+
+
+def lightning_main(args: list[str]) -> LaMPCLI:
+    """Run ``fit|validate|test|predict`` through LaMPCLI (``args`` starts with the subcommand)."""
+    return _cli(LaMPCLI, args)
+
+
+class _Parsed(Exception):
+    """Carries a parsed config out of LightningCLI's constructor before anything is built."""
+
+
+class _ParseOnly(LaMPCLI):
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        raise _Parsed(self.config)
+
+
+def fit_config(args: list[str]) -> Namespace:
+    """The config ``lamp-fid fit <args>`` runs with, resolved by LaMPCLI's own parser (config files,
+    overrides, defaults, links and type checks) without building, seeding or writing anything.
+
+    A config or option the parser rejects is one ``LaMPError`` line (the parser's own message).
+    """
+    try:
+        _cli(_ParseOnly, ["fit", *args], exit_on_error=False)
+    except _Parsed as parsed:
+        return parsed.args[0]["fit"]
+    except ArgumentError as err:
+        raise LaMPError(" ".join(line.strip() for line in str(err).splitlines() if line.strip())) from None
+    raise AssertionError("LaMPCLI ran past parse_arguments")  # pragma: no cover

@@ -10,93 +10,52 @@ its direction, goes to ``<runs_dir>/<prefix>-<task>[-<layout>][-time]-tuned.json
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import sys
 import traceback
 import warnings
 from pathlib import Path
-from typing import Literal, get_args
+from typing import get_args
 
 from lamp_fid.errors import LaMPError
-from lamp_fid.predictions import atomic_write
+from lamp_fid.io import atomic_write
 from lamp_fid.report import best_of, relative_gain
+from lamp_fid.setting import PersonalMode, PersonalRetriever, RunSetting, is_baseline, read_results
 from lamp_fid.tasks import Task, get_task
-
-TuneRetriever = Literal["bm25", "recency", "random", "dense"]
-TuneMode = Literal["fid", "ipa"]
 
 # tune owns these options for every cell; an override of one would make the grid's run folders lie
 OWNED = ("--data.retriever", "--data.k", "--data.mode", "--run_name", "--runs_dir", "--ckpt_path",
          "--overwrite")
 # settings that, if the config pins them, would send every cell's checkpoints to one folder
-PINNED = (("run_name",), ("checkpoint", "dirpath"), ("trainer", "default_root_dir"))
+PINNED = ("run_name", "checkpoint.dirpath", "trainer.default_root_dir")
 
 
-def _value(text: str):
-    """A command-line value the way jsonargparse reads a scalar (``true`` -> True, ``4`` -> 4)."""
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def data_settings(config: Path, overrides: list[str]) -> dict:
-    """The ``data`` section of ``config`` with ``--data.<key>`` overrides applied (last one wins).
+def base_setting(config: Path, overrides: list[str]) -> RunSetting:
+    """The setting ``lamp-fid fit --config <config> <overrides>`` trains, read by the fit command's own
+    parser (``lamp_fid.train.fit_config``).
 
     Also refuses overrides of the options tune sets itself, and configs that pin one folder for
     every run (a run's saved ``config.yaml``).
     """
-    import yaml
+    from lamp_fid.train import fit_config  # Lightning loads in seconds; `lamp-fid tune --help` needs none
 
-    try:
-        raw = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
-    except OSError as err:
-        raise LaMPError(f"{config}: cannot read the config ({err.strerror or err})") from None
-    except yaml.YAMLError as err:
-        raise LaMPError(f"{config}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise LaMPError(f"{config}: not a lamp-fid fit config (a YAML mapping with a data: section)")
-    for keys in PINNED:
-        node = raw
-        for key in keys:
-            node = node.get(key) if isinstance(node, dict) else None
-        if node:
-            raise LaMPError(f"{config} sets {'.'.join(keys)}: {node}, so every cell would share one folder "
-                            "(is it a run's saved config.yaml?); tune from a task config such as "
-                            "configs/fid_lamp3.yaml")
-    data = dict(raw.get("data") or {})
-    i = 0
-    while i < len(overrides):
-        arg = overrides[i]
-        name, eq, val = arg.partition("=")
+    for arg in overrides:
+        name = arg.partition("=")[0]
         if name in OWNED:
             raise LaMPError(f"override {arg!r}: tune sets {name} for every cell itself")
-        if name.startswith("--data.") and "." not in name[len("--data."):]:
-            if not eq and i + 1 < len(overrides):
-                i, val = i + 1, overrides[i + 1]
-            data[name[len("--data."):]] = _value(val)
-        i += 1
-    return data
-
-
-def default_task() -> str:
-    """The DataModule's default task (what a config without ``data.task`` trains on)."""
-    import inspect
-
-    from lamp_fid.data.module import LaMPDataModule
-
-    return inspect.signature(LaMPDataModule.__init__).parameters["task"].default
-
-
-def cell_name(prefix: str, task: Task, mode: str, retriever: str, k: int, data: dict) -> str:
-    """``<prefix>-`` + the run name ``lamp-fid fit`` would give this setting."""
-    from lamp_fid.train import default_run_name
-
-    setting = {**data, "task": task.name, "mode": mode, "retriever": retriever, "k": k}
-    return f"{prefix}-{default_run_name(setting)}"
+    try:
+        cfg = fit_config(["--config", str(config), *overrides])
+    except LaMPError as err:
+        raise LaMPError(f"{config}{' with the overrides' if overrides else ''}: {err}") from None
+    for key in PINNED:
+        if cfg.get(key):
+            where = f"{config}{' with the overrides' if overrides else ''}"
+            raise LaMPError(f"{where} sets {key}: {cfg.get(key)}, so every cell would share one folder "
+                            "(is it a run's saved config.yaml?); tune from a task config such as "
+                            "configs/fid_lamp3.yaml")
+    return RunSetting.from_data(dict(cfg.data), model=cfg.model.model_name_or_path)
 
 
 def plan(run_dir: Path) -> tuple[str, list[str], str]:
@@ -121,22 +80,19 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _read_cell(run_dir: Path, cell: dict) -> dict:
+def _read_cell(run_dir: Path, cell: RunSetting) -> dict:
     """The cell's ``results.json`` fields; a ``LaMPError`` if it is missing or of another setting."""
     path = run_dir / "results.json"
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.exists():
         raise LaMPError(f"{path}: the fit ended without writing it (no validation ran? see "
-                        "--trainer.limit_val_batches / check_val_every_n_epoch)") from None
-    except (OSError, ValueError) as err:
-        raise LaMPError(f"{path}: unreadable ({err})") from None
-    got = {key: raw.get(key) for key in ("mode", "retriever", "k")}
-    want = {key: cell[key] for key in got}
-    if got != want or get_task(raw.get("task", "?")).name != cell["task"]:
-        raise LaMPError(f"{path} holds the results of another setting ({raw.get('task')} {got}, "
-                        f"expected {cell['task']} {want}); move that run folder or use another --prefix")
-    return {key: raw.get(key) for key in ("metrics", "best_checkpoint", "epoch", "step", "split", "monitor")}
+                        "--trainer.limit_val_batches / check_val_every_n_epoch)")
+    results = read_results(path)
+    got, want = ({"mode": s.mode, "retriever": s.retriever, "k": s.k} for s in (results.setting, cell))
+    if got != want or results.setting.task != cell.task:
+        raise LaMPError(f"{path} holds the results of another setting ({results.setting.task} {got}, "
+                        f"expected {cell.task} {want}); move that run folder or use another --prefix")
+    return {"metrics": results.metrics, "best_checkpoint": results.best_checkpoint, "epoch": results.epoch,
+            "step": results.step, "split": results.split, "monitor": results.monitor}
 
 
 def _release_memory() -> None:
@@ -171,8 +127,8 @@ def summarize(cells: list[dict], task: Task, **extra) -> dict:
     """The tuned profile: every cell, the baseline, the best personalized cell and its gains."""
     monitor = f"val/{task.monitor}"
     done = [c for c in cells if c.get("metrics")]
-    baseline = next((c for c in done if c["mode"] == "none"), None)
-    best = best_of([c for c in done if c["mode"] != "none"], lambda c: c["metrics"].get(monitor),
+    baseline = next((c for c in done if is_baseline(c["mode"])), None)
+    best = best_of([c for c in done if not is_baseline(c["mode"])], lambda c: c["metrics"].get(monitor),
                    task.monitor_mode)
     gain = None
     if best is not None and baseline is not None:
@@ -187,9 +143,9 @@ def summarize(cells: list[dict], task: Task, **extra) -> dict:
 
 def tune(
     fit_config: Path,
-    retrievers: list[TuneRetriever] = ["bm25", "recency", "random", "dense"],  # noqa: B006 (read only)
+    retrievers: list[PersonalRetriever] = ["bm25", "recency", "random", "dense"],  # noqa: B006 (read only)
     ks: list[int] = [1, 2, 4, 8],  # noqa: B006
-    modes: list[TuneMode] = ["fid"],  # noqa: B006
+    modes: list[PersonalMode] = ["fid"],  # noqa: B006
     runs_dir: Path = Path("checkpoints"),
     baseline: bool = True,
     prefix: str = "tune",
@@ -221,6 +177,8 @@ def tune(
     """
     from lightning.pytorch.utilities import rank_zero_only
 
+    from lamp_fid import train  # Lightning, imported when needed (`lamp-fid tune --help` is fast)
+
     config, runs_dir, overrides = Path(fit_config), Path(runs_dir), [str(o) for o in overrides]
     if not config.is_file():
         raise LaMPError(f"{config}: no such config file (e.g. configs/fid_lamp3.yaml)")
@@ -228,23 +186,20 @@ def tune(
         raise LaMPError(f"prefix {prefix!r}: give a non-empty name without '/'")
     if any(k < 1 for k in ks):
         raise LaMPError(f"ks {list(ks)}: every k must be >= 1 (the baseline is --baseline true)")
-    for given, allowed in ((retrievers, TuneRetriever), (modes, TuneMode)):
+    for given, allowed in ((retrievers, PersonalRetriever), (modes, PersonalMode)):
         bad = [v for v in given if v not in get_args(allowed)]
         if bad:  # "none" included: the baseline is one cell, --baseline true
             raise LaMPError(f"{bad}: not among {list(get_args(allowed))} (the baseline: --baseline true)")
     retrievers, ks, modes = (list(dict.fromkeys(v)) for v in (retrievers, ks, modes))
-    data = data_settings(config, overrides)
-    try:
-        task = get_task(data.get("task") or default_task())
-    except ValueError as err:
-        raise LaMPError(f"{config}: {err}") from None
-    layout = data.get("layout") or "official"
+    base = base_setting(config, overrides)
+    task = get_task(base.task)
     output = Path(output) if output else runs_dir / (
-        f"{prefix}-{task.name}{'' if layout == 'official' else '-' + layout}"
-        f"{'-time' if data.get('time_split') else ''}-tuned.json")
+        f"{prefix}-{task.name}{'' if base.layout == 'official' else '-' + base.layout}"
+        f"{'-time' if base.time_split else ''}-tuned.json")
 
-    grid = [("none", "none", 0)] if baseline else []
-    grid += [(m, r, k) for m in modes for r in retrievers for k in ks]  # k innermost: one ranking per r
+    grid = [dataclasses.replace(base, mode="none")] if baseline else []
+    grid += [dataclasses.replace(base, mode=m, retriever=r, k=k)
+             for m in modes for r in retrievers for k in ks]  # k innermost: one ranking per retriever
     if not grid:
         raise LaMPError("empty grid: give at least one retriever, k and mode, or --baseline true")
     cells: list[dict] = []
@@ -256,17 +211,16 @@ def tune(
             atomic_write(output, json.dumps(summary, indent=2) + "\n", overwrite=True)
         return summary
 
-    from lamp_fid.train import lightning_main
-
-    for i, (mode, retriever, k) in enumerate(grid, 1):
-        name = cell_name(prefix, task, mode, retriever, k, data)
+    for i, setting in enumerate(grid, 1):
+        name = f"{prefix}-{setting.run_name()}"
         run_dir = runs_dir / name
-        cell = {"run_name": name, "task": task.name, "mode": mode, "retriever": retriever, "k": k,
-                "run_dir": str(run_dir), "status": "done"}
+        cell = {"run_name": name, "task": task.name, "mode": setting.mode, "retriever": setting.retriever,
+                "k": setting.k, "run_dir": str(run_dir), "status": "done"}
         cells.append(cell)
         where = f"[{i}/{len(grid)}] {name}"
-        args = ["fit", "--config", str(config), "--data.mode", mode, "--data.retriever", retriever,
-                "--data.k", str(k), "--run_name", name, "--runs_dir", str(runs_dir), *overrides]
+        args = ["fit", "--config", str(config), "--data.mode", setting.mode, "--data.retriever",
+                setting.retriever, "--data.k", str(setting.k), "--run_name", name,
+                "--runs_dir", str(runs_dir), *overrides]
         cell["status"], extra, says = plan(run_dir)
         args += extra
         print(f"{where}: {says}", flush=True)
@@ -276,10 +230,10 @@ def tune(
                     with warnings.catch_warnings():
                         # expected here: each cell's args differ from `lamp-fid tune`'s own sys.argv
                         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-                        lightning_main(args)
+                        train.lightning_main(args)
                 finally:
                     _release_memory()
-            cell.update(_read_cell(run_dir, cell))
+            cell.update(_read_cell(run_dir, setting))
         except KeyboardInterrupt:
             cell.update(status="interrupted", error="interrupted")
             save()

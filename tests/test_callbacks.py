@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from functools import partial
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lamp_fid.callbacks import HFExport, LaMPPredictionWriter
 from lamp_fid.distributed import merge_rank_outputs
+from lamp_fid.errors import LaMPError
 from lamp_fid.model import FiDModule
 from lamp_fid.predictions import read_predictions
 from lamp_fid.tasks import get_task
@@ -98,3 +100,24 @@ def test_hf_export_holds_the_best_checkpoint_not_the_last(tiny_path, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(export.exported)
     assert tokenizer("sci-fi")["input_ids"] == m.tokenizer("sci-fi")["input_ids"]
     assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")] == []  # no temp leftovers
+
+
+def test_hf_export_replaces_an_earlier_export_never_a_folder_of_other_files(tmp_path):
+    class Model:
+        def save_pretrained(self, path, state_dict=None):
+            (path / "config.json").write_text(json.dumps({"export": self.round}))
+
+    model = Model()
+    module = SimpleNamespace(model=model, tokenizer=SimpleNamespace(save_pretrained=lambda path: None))
+    stub = SimpleNamespace(checkpoint_callback=None, is_global_zero=True, default_root_dir=str(tmp_path),
+                           strategy=SimpleNamespace(barrier=lambda: None))
+    for model.round in (1, 2):  # a second fit into the same run folder replaces the export
+        HFExport().on_fit_end(stub, module)
+    assert json.loads((tmp_path / "hf_best" / "config.json").read_text()) == {"export": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf_best"]
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "mine.txt").write_text("keep me")
+    with pytest.raises(LaMPError, match="notes is not a model export folder .no config.json.: not replacing it"):
+        HFExport(dirpath=str(notes)).on_fit_end(stub, module)
+    assert [p.name for p in notes.iterdir()] == ["mine.txt"]

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from rank_bm25 import BM25Okapi
 
+from lamp_fid.data import demo as demo_module
 from lamp_fid.data.demo import DEMO_MODEL, build_tiny_t5, build_tokenizer, demo_data, generate_demo_data
-from lamp_fid.data.fake import INPUT_TEMPLATES
 from lamp_fid.data.paths import split_paths
 from lamp_fid.errors import LaMPError
-from lamp_fid.tasks import TASKS, get_task
+from lamp_fid.tasks import INSTRUCTIONS, TASKS, get_task
 
 DEMO_TASKS = ("LaMP_3", "LaMP_2", "LaMP_7")
 
@@ -39,7 +39,7 @@ def users(questions) -> set[frozenset]:
 def test_files_have_the_official_format(demo_dir, name, split):
     task = get_task(name)
     questions, outputs = read(demo_dir / "LaMP", name, split)
-    prefix = INPUT_TEMPLATES[name].split("{")[0]
+    prefix = INSTRUCTIONS[name].split("{")[0]
     assert isinstance(questions, list) and questions
     assert set(outputs) == {"task", "golds"} and outputs["task"] == task.official_name
     assert [g["id"] for g in outputs["golds"]] == [q["id"] for q in questions]
@@ -205,3 +205,29 @@ def test_demo_data_command_and_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["demo-data", "--output_dir", str(tmp_path / "x"), "--tasks", "[LaMP_4]"])
     assert "no demo data for LaMP_4" in capsys.readouterr().err
+
+
+def test_a_file_in_the_way_is_one_line_error(tmp_path):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "LaMP").write_text("not a folder")
+    with pytest.raises(LaMPError, match="LaMP is a file, not a folder"):
+        demo_data(out, ["LaMP_3"], overwrite=True)
+
+
+def test_a_failed_write_leaves_no_temp_file(tmp_path):
+    with pytest.raises(TypeError):
+        demo_module._write_json(tmp_path / "x.json", {"not json": object()})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_tests_tiny_t5_is_the_demo_builder_with_subwords(tmp_path):
+    """tests/tiny.py wraps this module's builders: BPE subwords (unseen words still encode), the
+    demo's word splitting, T5's special ids."""
+    from tiny import build_tokenizer as tests_tokenizer
+
+    tok = tests_tokenizer(["a lovely day in the park"], vocab_size=120)
+    assert [tok.pad_token_id, tok.eos_token_id, tok.unk_token_id] == [0, 1, 2]
+    ids = tok("parkday lovely.")["input_ids"]
+    assert 2 not in ids and ids[-1] == 1 and tok.decode(ids, skip_special_tokens=True) == "parkday lovely."
+    assert len(tok) <= 120

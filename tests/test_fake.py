@@ -2,9 +2,11 @@ import json
 
 import pytest
 
-from lamp_fid.data.fake import INPUT_TEMPLATES, fake_examples, write_fake_split
+from lamp_fid.data import fake
+from lamp_fid.data.fake import fake_examples, write_fake_split
 from lamp_fid.data.paths import split_paths
-from lamp_fid.tasks import TASKS, get_task
+from lamp_fid.errors import LaMPError
+from lamp_fid.tasks import INSTRUCTIONS, TASKS, get_task
 
 # The instruction every input starts with, as LAMP_SPEC.md section 1 writes it (an independent copy).
 SPEC_PREFIXES = {
@@ -27,7 +29,7 @@ SPEC_PREFIXES = {
 
 
 def test_every_task_has_a_template():
-    assert set(INPUT_TEMPLATES) == set(TASKS) == set(SPEC_PREFIXES)
+    assert set(INSTRUCTIONS) == set(TASKS) == set(SPEC_PREFIXES)
 
 
 @pytest.mark.parametrize("name", list(TASKS))
@@ -116,3 +118,29 @@ def test_empty_split_is_valid_json(tmp_path):
     q_path, o_path = write_fake_split(tmp_path, "LaMP_3", "train", 0)
     assert json.loads(q_path.read_text()) == []
     assert json.loads(o_path.read_text()) == {"task": "LaMP_3", "golds": []}
+
+
+def test_a_file_in_the_way_is_one_line_error(tmp_path):
+    (tmp_path / "LaMP_3").write_text("not a folder")
+    with pytest.raises(LaMPError, match="LaMP_3 is a file, not a folder"):
+        write_fake_split(tmp_path, "LaMP_3", "dev", 2)
+
+
+def test_two_writers_of_one_split_do_not_share_a_temp_file(tmp_path, monkeypatch):
+    """A second writer of the same files (another process, here nested) starts while the first writes:
+    each writes its own temp file, so both finish and the files are whole (no fixed ``.tmp`` name)."""
+    real, nested = fake.fake_examples, []
+
+    def examples(*args, **kwargs):
+        for n, pair in enumerate(real(*args, **kwargs)):
+            if n == 1 and not nested:
+                nested.append("started")
+                nested.append(write_fake_split(tmp_path, "LaMP_3", "dev", 3, seed=5))
+            yield pair
+
+    monkeypatch.setattr(fake, "fake_examples", examples)
+    q_path, o_path = write_fake_split(tmp_path, "LaMP_3", "dev", 4)
+    questions, outputs = json.loads(q_path.read_text()), json.loads(o_path.read_text())
+    assert len(nested) == 2 and [q["id"] for q in questions] == [g["id"] for g in outputs["golds"]] == \
+        ["100", "101", "102", "103"]
+    assert sorted(p.name for p in q_path.parent.iterdir()) == ["dev_outputs.json", "dev_questions.json"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 from lamp_fid import io as lio
 from lamp_fid.errors import LaMPError
-from lamp_fid.io import atomic_open, atomic_write, check_target, clean_stale_temps, exists_message
+from lamp_fid.io import atomic_folder, atomic_open, atomic_write, check_target, clean_stale_temps, exists_message
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,3 +158,79 @@ def test_a_live_writers_temp_is_kept_a_dead_ones_removed(tmp_path):
     os.utime(not_ours, (old, old))
     assert clean_stale_temps(tmp_path) == [temp]
     assert young.exists() and not_ours.exists()
+
+
+# --- atomic_folder: a folder written file by file (save_pretrained) --------------------------------
+
+def _export(folder: Path, text: str) -> None:
+    (folder / "config.json").write_text(text)
+    (folder / "weights.bin").write_bytes(b"\0" * 10)
+
+
+def test_a_folder_appears_whole_and_replaces_only_an_earlier_one(tmp_path):
+    target = tmp_path / "runs" / "hf_best"
+    with atomic_folder(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".hf_best.") and not target.exists()
+        _export(tmp, "1")
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "weights.bin"]
+    with pytest.raises(LaMPError, match=re.escape(exists_message(target))):
+        with atomic_folder(target):
+            pass
+    with atomic_folder(target, overwrite=True) as tmp:
+        _export(tmp, "2")
+    assert (target / "config.json").read_text() == "2"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["hf_best"]  # no temp or old folder left
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "mine.txt").write_text("keep me")
+    with pytest.raises(LaMPError, match="notes is not a model folder .no config.json.: not replacing it"):
+        with atomic_folder(notes, overwrite=True):
+            pass
+    assert [p.name for p in notes.iterdir()] == ["mine.txt"]
+
+
+def test_a_failed_folder_write_leaves_the_old_folder_and_no_temp(tmp_path):
+    target = tmp_path / "enc"
+    with atomic_folder(target) as tmp:
+        _export(tmp, "old")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with atomic_folder(target, overwrite=True) as tmp:
+            _export(tmp, "new")
+            raise RuntimeError("interrupted")
+    with pytest.raises(LaMPError, match="cannot write .*enc: No space left on device"):
+        with atomic_folder(target, overwrite=True):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "somewhere/weights.bin")
+    assert (target / "config.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enc"]
+
+
+def test_a_dead_writers_temp_folder_is_removed_a_live_ones_kept(tmp_path):
+    old = time.time() - 3600
+    with atomic_folder(tmp_path / "live") as live:
+        _export(live, "x")
+        os.utime(live, (old, old))
+        assert clean_stale_temps(tmp_path) == [] and live.exists()  # locked by this writer
+    dead = tmp_path / ".hf_best.0123456789abcdef.tmp"  # a killed writer's: nobody holds its lock
+    dead.mkdir()
+    _export(dead, "x")
+    os.utime(dead, (old, old))
+    assert clean_stale_temps(tmp_path) == [dead] and not dead.exists()
+
+
+# --- every command's output goes through check_target: one wording, before any slow work ------------
+
+@pytest.mark.parametrize("command", ["evaluate", "submit"])
+def test_commands_refuse_an_existing_output_in_the_one_wording_before_reading(tmp_path, command):
+    from lamp_fid.evaluate import evaluate
+    from lamp_fid.submit import submit
+
+    missing = tmp_path / "no-such-input"  # never read: the refusal comes first
+    run = {"evaluate": lambda out, **kw: evaluate(missing, missing, output=out, **kw),
+           "submit": lambda out, **kw: submit(missing, out, questions_dir=missing, **kw)}[command]
+    taken = tmp_path / "taken.json"
+    taken.write_text("keep me")
+    with pytest.raises(LaMPError, match=f"^{re.escape(exists_message(taken))}$"):
+        run(taken)
+    with pytest.raises(LaMPError, match="is a folder, not a file name"):
+        run(tmp_path, overwrite=True)
+    assert taken.read_text() == "keep me"

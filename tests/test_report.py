@@ -190,3 +190,17 @@ def test_empty_or_missing_runs_dir_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(LaMPError, match="no results.json"):
         report(tmp_path / "empty", tmp_path / "rep")
+
+
+@pytest.mark.parametrize("mode, retriever, k", [("fid", "none", 4), ("ipa", "bm25", 0)])
+def test_every_spelling_of_the_baseline_is_the_groups_baseline(tmp_path, tables_only, mode, retriever, k):
+    """A fit with --data.retriever none or --data.k 0 trained on the bare input: it is the baseline."""
+    runs = tmp_path / "runs"
+    write_result(runs, "bare", "LaMP_3", mode, retriever, k, {"MAE": 0.5, "RMSE": 1.0})
+    write_result(runs, "LaMP_3-fid-bm25-k1", "LaMP_3", "fid", "bm25", 1, {"MAE": 0.4, "RMSE": 0.9})
+    report(runs, tmp_path / "rep")
+    rows = {(r["run_name"], r["metric"]): r for r in read_csv(tmp_path / "rep" / "results.csv")}
+    bare, fid = rows[("bare", "MAE")], rows[("LaMP_3-fid-bm25-k1", "MAE")]
+    assert (bare["mode"], bare["retriever"], bare["k"]) == ("none", "none", "0")
+    assert fid["baseline_run"] == "bare" and float(fid["relative_gain"]) == pytest.approx(0.2)
+    assert fid["best"] == "True" and bare["best"] == "False"

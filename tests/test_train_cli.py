@@ -1,14 +1,17 @@
 """End to end through `lamp-fid fit|validate|test|predict` on fake LaMP files with a tiny local T5."""
 
+import inspect
 import json
 
 import pytest
 import yaml
+from lightning.pytorch.cli import LightningCLI
 
 from lamp_fid import paper
 from lamp_fid.cli import main
 from lamp_fid.data.fake import write_fake_split
 from lamp_fid.paper import CONFIGS_DIR
+from lamp_fid.train import LaMPCLI
 from tests.tiny import build_tiny_t5
 
 CONFIGS = sorted(p for p in CONFIGS_DIR.glob("*_lamp*.yaml") if not p.name.startswith("demo"))
@@ -117,11 +120,35 @@ def test_every_config_parses(config, capsys):
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    expected = (["layout: separate", "demo_data: demo_runs/data"] if config.name.startswith("demo")
+    expected = (["layout: separate", "data_dir: demo_runs/data/LaMP"] if config.name.startswith("demo")
                 else ["model_name_or_path: google/flan-t5-base", "layout: official"])
     assert "task: LaMP_" in out and all(e in out for e in expected)
+    assert "demo_data" not in out  # the training CLI knows nothing of demos
     if not config.name.startswith("demo"):  # a task config resolves to the paper table's every setting
         mode, task = config.stem.split("_")
         resolved = paper.flatten(yaml.safe_load(out))
         for key, value in paper.flatten(paper.settings(task, mode)).items():
             assert paper.covers(resolved.get(key), value), (key, resolved.get(key), value)
+
+
+@pytest.mark.parametrize("spelling", [["--data.k", "0"], ["--data.retriever", "none"]],
+                         ids=["k0", "retriever-none"])
+def test_every_spelling_of_the_baseline_trains_the_one_baseline_run(setup_dir, spelling):
+    """--data.k 0 and --data.retriever none train on the bare input: named, and recorded, as the baseline."""
+    root, data, model = setup_dir
+    runs = root / f"runs-{spelling[0][7:]}"
+    main(["fit", *common(root, data, model, "--data.mode", "fid", *spelling), "--runs_dir", str(runs),
+          "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"])
+    assert sorted(p.name for p in runs.iterdir()) == ["LaMP_3-none"]
+    summary = json.loads((runs / "LaMP_3-none" / "results.json").read_text())
+    assert (summary["mode"], summary["retriever"], summary["k"]) == ("none", "none", 0)
+
+
+def test_the_only_private_lightning_method_overridden_has_no_public_hook():
+    """Public hooks do the rest (trainer_defaults callbacks, instantiate_trainer plugins,
+    after_instantiate_classes for the lock). If this fails, Lightning changed: look for a public hook
+    for the checkpoint's hyperparameters (upstream proposes adapt_checkpoint_hparams)."""
+    private = sorted(name for name in vars(LaMPCLI) if name.startswith("_") and not name.startswith("__")
+                     and hasattr(LightningCLI, name))
+    assert private == ["_parse_ckpt_path"]
+    assert "self._parse_ckpt_path()" in inspect.getsource(LightningCLI.__init__)

@@ -11,7 +11,7 @@ from lamp_fid.errors import LaMPError
 from lamp_fid import tune as tune_module
 from lamp_fid.tune import tune
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from lamp_fid.paper import CONFIGS_DIR as CONFIGS
 
 
 @pytest.fixture(autouse=True)
@@ -244,3 +244,34 @@ def test_end_to_end_tiny_grid_then_report(tmp_path):
     report(runs, tmp_path / "rep", overwrite=False)
     md = (tmp_path / "rep" / "results.md").read_text()
     assert "| tune-LaMP_3-none |" in md and "tune-LaMP_3-fid-bm25-k2" in md
+
+
+def test_overrides_are_read_by_the_fit_parser_config_files_included(tmp_path, monkeypatch):
+    """A second --config among the overrides sets the split kind and layout the cells train with: the
+    run names and the summary's name follow (a hand-read of --data.* overrides missed them)."""
+    fake = FakeFit("LaMP_3", mae)
+    monkeypatch.setattr(train, "lightning_main", fake)
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("data:\n  time_split: true\n  layout: separate\n")
+    tune(CONFIGS / "fid_lamp3.yaml", retrievers=["recency"], ks=[2], runs_dir=tmp_path / "runs",
+         overrides=["--config", str(extra)])
+    assert [opts(c)["--run_name"] for c in fake.calls] == ["tune-LaMP_3-none-time",
+                                                            "tune-LaMP_3-fid-separate-recency-k2-time"]
+    assert (tmp_path / "runs" / "tune-LaMP_3-separate-time-tuned.json").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["--data.layuot", "separate"], "unrecognized arguments: --data.layuot separate"),
+    (["--data.time_split=maybe"], "data.time_split"),
+    (["--checkpoint.dirpath", "/somewhere/run"],
+     "checkpoint.dirpath: /somewhere/run, so every cell would share"),
+])
+def test_an_override_the_fit_parser_refuses_stops_tune_before_any_cell(tmp_path, monkeypatch, overrides,
+                                                                       message):
+    fake = FakeFit("LaMP_3", mae)
+    monkeypatch.setattr(train, "lightning_main", fake)
+    with pytest.raises(LaMPError) as err:
+        tune(config(tmp_path, "LaMP_3"), retrievers=["bm25"], ks=[1], runs_dir=tmp_path / "runs",
+             overrides=overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert fake.calls == [] and not (tmp_path / "runs").exists()

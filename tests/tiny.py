@@ -1,8 +1,9 @@
-"""Tiny offline T5s for tests: a tokenizer trained here and a random T5 saved with ``save_pretrained``;
+"""Tiny offline T5s for tests: the demo's builders (:mod:`lamp_fid.data.demo`) with the tests' defaults;
 batches of the real PassageCollator.
 
-Everything loads back through ``from_pretrained(path)``, the same path real checkpoints take, so tests
-exercise the real loading code without a model hub. Reusable by any test::
+The tokenizer is trained here (BPE subwords, so any text encodes) and the random T5 is saved with
+``save_pretrained``. Everything loads back through ``from_pretrained(path)``, the same path real
+checkpoints take, so tests exercise the real loading code without a model hub. Reusable by any test::
 
     from tiny import build_tiny_t5  # tests/ is on sys.path under pytest
     path = build_tiny_t5(tmp_path / "t5")
@@ -13,13 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-import torch
 from torch.utils.data import DataLoader
 
+from lamp_fid.data import demo
 from lamp_fid.data.module import PassageCollator
 from lamp_fid.tasks import TASKS
-
-SPECIALS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2: T5's pad and eos ids
 
 SENTENCES = (
     "Which tag does this movie relate to among the following tags? Just answer with the tag name "
@@ -43,22 +42,8 @@ def corpus(extra: Iterable[str] = ()) -> list[str]:
 
 
 def build_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 400):
-    """A T5-like fast tokenizer (BPE over ▁-prefixed words, pad=0, eos=1, unk=2, ``</s>`` appended)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False)
-    tok.train_from_iterator(list(texts if texts is not None else corpus()), trainer=trainer)
-    assert [tok.token_to_id(s) for s in SPECIALS] == [0, 1, 2]
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512
-    )
+    """The demo's T5-like fast tokenizer with BPE subwords (pad=0, eos=1, unk=2, ``</s>`` appended)."""
+    return demo.build_tokenizer(list(texts if texts is not None else corpus()), vocab_size=vocab_size)
 
 
 def build_tiny_t5(
@@ -78,22 +63,9 @@ def build_tiny_t5(
     ``initializer_factor`` 3 (T5's default is 1) makes a random model's generations depend on its
     input; with 1 a tiny random T5 emits only padding, which would make generation tests vacuous.
     """
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    path = Path(path)
-    tokenizer = build_tokenizer(texts, vocab_size)
-    config = T5Config(
-        vocab_size=len(tokenizer), d_model=d_model, d_kv=d_model // num_heads, d_ff=d_ff,
-        num_layers=num_layers, num_decoder_layers=num_layers, num_heads=num_heads,
-        dropout_rate=dropout_rate, initializer_factor=initializer_factor,
-        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = T5ForConditionalGeneration(config)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return demo.build_tiny_t5(build_tokenizer(texts, vocab_size), Path(path), d_model=d_model, d_ff=d_ff,
+                              num_layers=num_layers, num_heads=num_heads, dropout_rate=dropout_rate,
+                              initializer_factor=initializer_factor, seed=seed)
 
 
 def passage_batch(tokenizer, passages: list[list[str]], targets: list[str] | None = None,

@@ -37,9 +37,10 @@ from tqdm import tqdm
 from lamp_fid.data.paths import SPLITS, default_data_dir, split_paths
 from lamp_fid.errors import LaMPDataError, LaMPError
 from lamp_fid.io import atomic_open, check_target
+from lamp_fid.tasks import INSTRUCTIONS
 
 TASK = "LaMP_6"
-INSTRUCTION = "Generate a subject for the following email: "
+INSTRUCTION = INSTRUCTIONS["LaMP_6"].removesuffix("{text}")  #: the official prefix of every LaMP_6 input
 BOUNDARY = "\n--- mail_boundary ---\n"  # how mail-parser joins the text parts of one email
 _BAD_BASE64 = (email.errors.InvalidBase64PaddingDefect, email.errors.InvalidBase64CharactersDefect,
                email.errors.InvalidBase64LengthDefect)

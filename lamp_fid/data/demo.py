@@ -21,18 +21,22 @@ strings, ``date`` on profile items) in the downloader's layout, train and dev fr
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import json
-import os
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from lamp_fid.data.fake import INPUT_TEMPLATES
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
 from lamp_fid.data.paths import split_paths
 from lamp_fid.errors import LaMPError
-from lamp_fid.tasks import TASKS, get_task
+from lamp_fid.io import atomic_write
+from lamp_fid.tasks import INSTRUCTIONS, TASKS, get_task
 
 MANIFEST = "demo_manifest.json"
 MODEL_DIR = "tiny-t5"
@@ -156,7 +160,10 @@ DEMO_TASKS: dict[str, DemoTask] = {
 
 
 def _demo_task(name: str) -> tuple[str, DemoTask]:
-    task = get_task(name)
+    try:
+        task = get_task(name)
+    except ValueError as err:
+        raise LaMPError(f"{err}; demo tasks: {', '.join(DEMO_TASKS)}") from None
     if task.name not in DEMO_TASKS:
         raise LaMPError(f"no demo data for {task.name}; demo tasks: {', '.join(DEMO_TASKS)}")
     return task.name, DEMO_TASKS[task.name]
@@ -165,16 +172,13 @@ def _demo_task(name: str) -> tuple[str, DemoTask]:
 # --- writing the files ----------------------------------------------------------------------------
 
 def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(obj, ensure_ascii=False))  # one C-encoded string: several times json.dump's speed
-    os.replace(tmp, path)
+    # one C-encoded string: several times json.dump's speed
+    atomic_write(path, json.dumps(obj, ensure_ascii=False), overwrite=True)
 
 
 def _split_records(task: str, demo: DemoTask, rng: random.Random, users: range,
                    questions_per_user: int, profile_size: tuple[int, int]) -> tuple[list, list]:
-    template = INPUT_TEMPLATES[task]
+    template = INSTRUCTIONS[task]
     labels = ", ".join(get_task(task).labels)
     number = get_task(task).number
     questions, golds = [], []
@@ -233,7 +237,7 @@ def _template_texts() -> list[str]:
         for template in (task.piece, task.need or "", task.prompt, task.reserve):
             out.append(re.sub(r"\{[a-z_]+\}", " ", template))
         out += list(task.labels)
-    out += [re.sub(r"\{[a-z_0-9]+\}", " ", t) for t in INPUT_TEMPLATES.values()]
+    out += [re.sub(r"\{[a-z_0-9]+\}", " ", t) for t in INSTRUCTIONS.values()]
     out.append(", and ")
     return out
 
@@ -255,29 +259,34 @@ def _texts_of(data_dir: Path) -> Iterable[str]:
                     yield from (v for k, v in item.items() if k != "id" and isinstance(v, str))
 
 
-def build_tokenizer(source: Path | Iterable[str], out_dir: Path | None = None):
-    """Train a word-level tokenizer on the demo texts and wrap it like a T5 tokenizer.
+def build_tokenizer(source: Path | Iterable[str], out_dir: Path | None = None, *,
+                    vocab_size: int | None = None) -> PreTrainedTokenizerFast:
+    """Train a tokenizer on ``source`` and wrap it like a T5 tokenizer: the demo's, and the tests'.
 
     ``source`` is a folder of LaMP files (read recursively) or an iterable of strings; the tasks'
-    template words and labels are always added. Words and punctuation marks are separate tokens;
-    spaces are kept as a ``▁`` prefix of the following word (never added at the start), so
-    ``decode(encode(x)) == x`` for any text of known words with single spaces, labels included, and a
-    tag reads the same inside a quoted φp piece and as a target. pad ``<pad>`` = 0, eos ``</s>`` = 1
-    (appended to every sequence as T5 does), unk ``<unk>`` = 2. Saved to ``out_dir`` if given.
+    template words and labels are always added. Punctuation marks are split from words; spaces are
+    kept as a ``▁`` prefix of the following token (never added at the start), so ``decode(encode(x))
+    == x`` for any text of known words with single spaces, labels included, and a tag reads the same
+    inside a quoted φp piece and as a target. ``vocab_size`` ``None`` (the demo): one token per word
+    seen; a number: BPE subwords up to that size, so that unseen words still encode (the tests' random
+    text). pad ``<pad>`` = 0, eos ``</s>`` = 1 (appended to every sequence as T5 does), unk ``<unk>``
+    = 2. Saved to ``out_dir`` if given.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     texts = _texts_of(source) if isinstance(source, (str, Path)) else source
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    if vocab_size is None:
+        tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+        trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS), min_frequency=1,
+                                            show_progress=False)
+    else:
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                      show_progress=False)
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never"),
         pre_tokenizers.Punctuation(behavior="isolated"),
     ])
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
-    trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS), min_frequency=1,
-                                        show_progress=False)
-    tok.train_from_iterator(_chain(texts, _template_texts()), trainer)
+    tok.train_from_iterator(itertools.chain(texts, _template_texts()), trainer)
     eos = tok.token_to_id("</s>")
     tok.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)])
@@ -289,29 +298,30 @@ def build_tokenizer(source: Path | Iterable[str], out_dir: Path | None = None):
     return fast
 
 
-def _chain(*iterables: Iterable[str]) -> Iterable[str]:
-    for it in iterables:
-        yield from it
-
-
-def build_tiny_t5(tokenizer_dir: Path, out_dir: Path, d_model: int = 128, d_ff: int = 256,
-                  num_layers: int = 2, num_decoder_layers: int = 2, num_heads: int = 4,
-                  dropout_rate: float = 0.0, seed: int = 0) -> Path:
+def build_tiny_t5(tokenizer: PreTrainedTokenizerFast | str | Path, out_dir: Path, d_model: int = 128,
+                  d_ff: int = 256, num_layers: int = 2, num_decoder_layers: int | None = None,
+                  num_heads: int = 4, dropout_rate: float = 0.0, initializer_factor: float = 1.0,
+                  seed: int = 0) -> Path:
     """A randomly initialised T5 sized for 2 CPU cores, saved with its tokenizer in ``out_dir`` so
-    that ``from_pretrained(out_dir)`` loads both. The vocabulary is the tokenizer's."""
-    import torch
-    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+    that ``from_pretrained(out_dir)`` loads both; return ``out_dir``.
 
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    ``tokenizer`` is a tokenizer or its folder; the vocabulary is its. ``num_decoder_layers`` defaults
+    to ``num_layers``. ``initializer_factor`` above T5's 1 makes a random model's generations depend on
+    its input (the tests use 3; with 1 a tiny random T5 emits mostly padding). The caller's torch RNG
+    state is left as it was.
+    """
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
     config = T5Config(
         vocab_size=len(tokenizer), d_model=d_model, d_kv=d_model // num_heads, d_ff=d_ff,
-        num_layers=num_layers, num_decoder_layers=num_decoder_layers, num_heads=num_heads,
-        dropout_rate=dropout_rate, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
-        feed_forward_proj="relu",
+        num_layers=num_layers, num_decoder_layers=num_decoder_layers or num_layers, num_heads=num_heads,
+        dropout_rate=dropout_rate, initializer_factor=initializer_factor,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id, feed_forward_proj="relu",
     )
-    torch.manual_seed(seed)
-    model = T5ForConditionalGeneration(config)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = T5ForConditionalGeneration(config)
     out_dir = Path(out_dir)
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
@@ -332,7 +342,9 @@ def demo_data(output_dir: Path = Path("demo_runs/data"), tasks: list[str] = ["La
         overwrite: rebuild even if the folder already holds the same demo.
     """
     output_dir = Path(output_dir)
-    names = [_demo_task(t)[0] for t in tasks]
+    names = list(dict.fromkeys(_demo_task(t)[0] for t in tasks))
+    if not names:
+        raise LaMPError(f"--tasks: give at least one demo task ({', '.join(DEMO_TASKS)})")
     settings = {"format_version": FORMAT_VERSION, "tasks": names, "seed": seed, "model": DEMO_MODEL}
     manifest = output_dir / MANIFEST
     data_dir, model_dir = output_dir / "LaMP", output_dir / MODEL_DIR

@@ -17,6 +17,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from lamp_fid import __version__
 from lamp_fid.data.paths import OFFICIAL_BASE_URL, SPLITS, default_data_dir, official_url, split_paths
 from lamp_fid.data.reader import iter_json_array, read_outputs
 from lamp_fid.errors import LaMPDataError, LaMPError
@@ -33,11 +36,7 @@ class _Retry(Exception):
 
 def _transfer(url: str, part: Path, timeout: float, desc: str):
     """One HTTP attempt: append to ``part`` from its current size, or restart it from zero."""
-    from tqdm.auto import tqdm
-
     start = part.stat().st_size if part.exists() else 0
-    from lamp_fid import __version__
-
     headers = {"User-Agent": f"lamp-fid/{__version__}"}
     if start:
         headers["Range"] = f"bytes={start}-"

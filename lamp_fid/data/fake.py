@@ -3,8 +3,8 @@
 The text is made of pseudo-words with some structure, so that retrieval and training have signal:
 each of ``N_TOPICS`` topics has its own words; a user writes mostly about two topics; a question's
 payload comes from one of its user's topics, and its label or output follows that topic (with
-noise). Inputs carry the official instruction prefixes of LAMP_SPEC.md section 1, so every task's
-φq finds its marker.
+noise). Inputs open with the official instruction of the task table (``tasks.INSTRUCTIONS``), so every
+task's φq finds its marker.
 
 Generation reuses pre-built sentences and streams record by record, so a LaMP_4-train-sized file
 (several GB) is written in minutes with flat memory.
@@ -12,6 +12,7 @@ Generation reuses pre-built sentences and streams record by record, so a LaMP_4-
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import json
@@ -21,24 +22,8 @@ from pathlib import Path
 from typing import Iterator
 
 from lamp_fid.data.paths import check_split, split_paths
-from lamp_fid.tasks import Task, get_task
-
-# The official instruction of each task's input (LAMP_SPEC.md section 1); slots are filled below.
-INPUT_TEMPLATES: dict[str, str] = {
-    "LaMP_1": ('For an author who has written the paper with the title "{title}", which reference is '
-               'related? Just answer with [1] or [2] without explanation. [1]: "{ref1}" [2]: "{ref2}"'),
-    "LaMP_2": ("Which tag does this movie relate to among the following tags? Just answer with the tag "
-               "name without further explanation. tags: [{labels}] description: {text}"),
-    "LaMP_2N": ("Which category does this article relate to among the following categories? Just answer "
-                "with the category name without further explanation. categories: [{labels}] "
-                "article: {text}"),
-    "LaMP_3": ("What is the score of the following review on a scale of 1 to 5? just answer with 1, 2, 3, "
-               "4, or 5 without further explanation. review: {text}"),
-    "LaMP_4": "Generate a headline for the following article: {text}",
-    "LaMP_5": "Generate a title for the following abstract of a paper: {text}",
-    "LaMP_6": "Generate a subject for the following email: {text}",
-    "LaMP_7": "Paraphrase the following tweet without any explanation before or after it: {text}",
-}
+from lamp_fid.io import atomic_open
+from lamp_fid.tasks import INSTRUCTIONS, Task, get_task
 
 N_TOPICS = 12
 _SENTENCES_PER_TOPIC = 400
@@ -156,7 +141,7 @@ class _Generator:
 
     def input_and_output(self, topic: int) -> tuple[str, str]:
         """The question's input (official instruction + payload) and its gold output."""
-        template = INPUT_TEMPLATES[self.task.name]
+        template = INSTRUCTIONS[self.task.name]
         if self.task.name == "LaMP_1":  # the only task whose payload is three titles
             other = (topic + 1 + self.rng.randrange(N_TOPICS - 1)) % N_TOPICS
             refs = [self.title(topic), self.title(other)]
@@ -212,34 +197,25 @@ def write_fake_split(data_dir: str | Path, task: str | Task, split: str, n_quest
                      time_split: bool = False, seed: int | str = 0, **options) -> tuple[Path, Path | None]:
     """Write a fake ``split`` of ``task`` under ``data_dir`` in the downloader's layout.
 
-    Streams record by record (memory stays flat whatever the size) into temp files that replace the
-    final names atomically. The test split gets no outputs file; the time split carries ``user_id``.
+    Streams record by record (memory stays flat whatever the size) through :func:`lamp_fid.io.atomic_open`,
+    replacing existing files (fake data is regenerated at will). The test split gets no outputs file;
+    the time split carries ``user_id``.
     ``options`` go to :func:`fake_examples` (``profile_size``, ``words``, ``with_dates``,
     ``questions_per_user``, ``first_id``). Returns ``(questions_path, outputs_path or None)``.
     """
     task = get_task(task)
     check_split(split)
     q_path, o_path = split_paths(data_dir, task, split, time_split)
-    q_path.parent.mkdir(parents=True, exist_ok=True)
     records = fake_examples(task, n_questions, seed=f"{seed}:{split}", user_ids=time_split, **options)
-    q_tmp = q_path.with_name(q_path.name + ".tmp")
-    o_tmp = o_path.with_name(o_path.name + ".tmp") if o_path else None
-    try:
-        with open(q_tmp, "w", encoding="utf-8") as qf, \
-                (open(o_tmp, "w", encoding="utf-8") if o_tmp else open(os.devnull, "w")) as of:
-            qf.write("[")
-            of.write('{"task": %s, "golds": [' % json.dumps(task.official_name))
-            for n, (question, output) in enumerate(records):
-                sep = ",\n" if n else "\n"
-                qf.write(sep + json.dumps(question))
-                of.write(sep + json.dumps({"id": question["id"], "output": output}))
-            qf.write("\n]\n")
-            of.write("\n]}\n")
-        os.replace(q_tmp, q_path)
-        if o_tmp:
-            os.replace(o_tmp, o_path)
-    finally:
-        for tmp in (q_tmp, o_tmp):
-            if tmp is not None and tmp.exists():
-                tmp.unlink()
+    with contextlib.ExitStack() as files:  # on leaving, the outputs file appears first, then the questions
+        qf = files.enter_context(atomic_open(q_path, overwrite=True))
+        of = files.enter_context(atomic_open(o_path, overwrite=True) if o_path else open(os.devnull, "w"))
+        qf.write("[")
+        of.write('{"task": %s, "golds": [' % json.dumps(task.official_name))
+        for n, (question, output) in enumerate(records):
+            sep = ",\n" if n else "\n"
+            qf.write(sep + json.dumps(question))
+            of.write(sep + json.dumps({"id": question["id"], "output": output}))
+        qf.write("\n]\n")
+        of.write("\n]}\n")
     return q_path, o_path

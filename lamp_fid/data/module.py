@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
+import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from lamp_fid.data.paths import default_data_dir, split_paths
+from lamp_fid.data.sampler import ResumableLoader, ResumableSampler
 from lamp_fid.data.store import LaMPStore
 from lamp_fid.errors import LaMPError
 from lamp_fid.prompts import PromptBuilder
 from lamp_fid.retrieval.rank import get_rankings
+from lamp_fid.setting import Layout, Mode, RetrieverName, Split, is_baseline
 from lamp_fid.tasks import get_task
-
-
-Split = Literal["train", "dev", "test"]
-Retriever = Literal["none", "random", "recency", "bm25", "dense"]
-Mode = Literal["fid", "ipa", "none"]
-Layout = Literal["official", "separate"]
 
 
 class PassageDataset(Dataset):
@@ -33,7 +31,7 @@ class PassageDataset(Dataset):
 
     def items_of(self, example) -> list[dict]:
         """The top-k profile items of ``example`` in rank order (none for the baseline)."""
-        if self.mode == "none" or self.k <= 0 or self.rankings is None:
+        if self.rankings is None or is_baseline(self.mode, k=self.k):
             return []
         positions = self.rankings[example.id][: self.k]
         return [example.profile[int(p)] for p in positions]
@@ -97,7 +95,7 @@ class LaMPDataModule(LightningDataModule):
         data_dir: Path | None = None,
         time_split: bool = False,
         download: bool = True,
-        retriever: Retriever = "bm25",
+        retriever: RetrieverName = "bm25",
         k: int = 1,
         mode: Mode = "fid",
         layout: Layout = "official",
@@ -115,6 +113,8 @@ class LaMPDataModule(LightningDataModule):
         use_date: bool = False,
         seed: int = 0,
         cache_dir: Path | None = None,
+        token_cache: bool = True,
+        group_by_length: Literal["none", "eval", "all"] = "none",
     ):
         """
         Args:
@@ -144,6 +144,16 @@ class LaMPDataModule(LightningDataModule):
             use_date: append " date: <date>" to item texts for ranking.
             seed: seed of the random retriever.
             cache_dir: where compact stores and rankings are cached (default: lamp-fid's cache dir).
+            token_cache: build and tokenize every example's passages once per setting, kept on disk
+                under cache_dir/tokens (see lamp_fid.data.tokens), so each epoch only slices and pads
+                ids; the batches are bit-identical to the on-the-fly path (false), which rebuilds and
+                tokenizes every passage in every epoch.
+            group_by_length: batches of examples of similar length, so that less of each batch is
+                padding (needs token_cache): none (file order for evaluation, a seeded shuffle for
+                training), eval (validation/test/predict batches sorted by length, longest first:
+                predictions and metrics are the same, files keep the dataset's order) or all (also
+                training: the seeded shuffle cut into groups of 50 batches, each sorted by length;
+                deterministic per seed and epoch, resumable).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -156,6 +166,11 @@ class LaMPDataModule(LightningDataModule):
                                    ("num_workers", num_workers, 0)):
             if value < least:
                 raise LaMPError(f"{name} must be >= {least}, got {value}")
+        if group_by_length not in ("none", "eval", "all"):
+            raise LaMPError(f"group_by_length must be none, eval or all, got {group_by_length!r}")
+        if group_by_length != "none" and not token_cache:
+            raise LaMPError(f"group_by_length {group_by_length} needs the token cache's lengths: "
+                            "set --data.token_cache true (or --data.group_by_length none)")
         if eval_batch_size is not None and eval_batch_size < 1:
             raise LaMPError(f"eval_batch_size must be >= 1 (or null: batch_size), got {eval_batch_size}")
         self._tokenizer = None
@@ -218,7 +233,7 @@ class LaMPDataModule(LightningDataModule):
 
     def _rankings(self, store):
         h = self.hparams
-        if h.mode == "none" or h.retriever == "none":
+        if is_baseline(h.mode, h.retriever, h.k):
             return None
         return get_rankings(store, h.retriever, cache_dir=h.cache_dir, use_date=h.use_date,
                             encoder=h.encoder, seed=h.seed)
@@ -259,19 +274,64 @@ class LaMPDataModule(LightningDataModule):
             self._check_outputs(split, stage)
             if split not in self.datasets:
                 store = self._store(split)
+                if self.hparams.token_cache:
+                    self.datasets[split] = self._tokens(store)
+                    continue
                 self.datasets[split] = PassageDataset(store, self._rankings(store), builder,
                                                       self.hparams.k, self.hparams.mode)
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def _tokens(self, store):
+        """The split's passages built and tokenized once (a :class:`~lamp_fid.data.tokens.TokenDataset`)."""
+        from lamp_fid.data.tokens import open_tokens
+
         h = self.hparams
-        return DataLoader(
-            self.datasets[split],
+        return open_tokens(store, self._rankings(store), self.tokenizer, k=h.k, mode=h.mode, layout=h.layout,
+                           max_length=h.max_length, max_target_length=h.max_target_length,
+                           cache_dir=h.cache_dir)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        """Training: a ``ResumableLoader`` whose order depends only on the seed and the epoch (and the
+        rank under DDP), restored mid-epoch on resume. Evaluation: dataset order, or sorted by length
+        (``group_by_length``). Every loader draws its workers' base seed from its own generator, never
+        from the global RNG that dropout uses."""
+        from torch.utils.data import SequentialSampler
+
+        from lamp_fid.data.tokens import LengthGroupedBatchSampler, LengthGroupedSampler, PadCollator
+
+        h = self.hparams
+        dataset = self.datasets[split]
+        kwargs = dict(
             batch_size=h.batch_size if train else (h.eval_batch_size or h.batch_size),
-            shuffle=train,
             num_workers=h.num_workers,
             persistent_workers=h.num_workers > 0,
-            collate_fn=PassageCollator(self.tokenizer, h.max_length, h.max_target_length),
+            collate_fn=PadCollator.for_tokenizer(self.tokenizer) if h.token_cache else
+            PassageCollator(self.tokenizer, h.max_length, h.max_target_length),
+            generator=torch.Generator().manual_seed(0),
         )
+        if not train and h.group_by_length == "none":
+            return DataLoader(dataset, shuffle=False, **kwargs)
+        if not train:  # the whole split sorted by length; predictions are keyed by id
+            batches = LengthGroupedBatchSampler(SequentialSampler(dataset), kwargs.pop("batch_size"),
+                                                lengths=dataset.longest())
+            return DataLoader(dataset, batch_sampler=batches, **kwargs)
+        trainer = self.trainer
+        sampler_kwargs = dict(
+            num_replicas=trainer.world_size if trainer else 1, rank=trainer.global_rank if trainer else 0,
+            shuffle=True, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))  # the seed_everything seed,
+        # which Lightning's own distributed sampler uses too
+        if h.group_by_length == "all":
+            sampler = LengthGroupedSampler(dataset, lengths=dataset.longest(), batch_size=h.batch_size,
+                                           **sampler_kwargs)
+        else:
+            sampler = ResumableSampler(dataset, **sampler_kwargs)
+        sampler.set_epoch(trainer.current_epoch if trainer else 0)  # the first iteration may precede set_epoch
+        return ResumableLoader(self.datasets[split], sampler=sampler, trained_batches=self._trained_batches,
+                               **kwargs)
+
+    def _trained_batches(self) -> int:
+        """Batches of the current epoch the running fit has trained on (0 outside a fit)."""
+        trainer = self.trainer
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer else 0
 
     def train_dataloader(self):
         return self._loader(self.hparams.train_split, True)

@@ -6,18 +6,18 @@ A retriever ranks one example's whole profile against its query φq(x) and retur
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Iterable, Iterator, Literal, get_args
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from lamp_fid.data.example import Example
 from lamp_fid.errors import LaMPDataError, LaMPError
+from lamp_fid.setting import RetrieverName
 from lamp_fid.tasks import Task, get_task
 
-RetrieverName = Literal["bm25", "dense", "recency", "random", "none"]
 TieBreak = Literal["official", "stable"]
-RETRIEVERS: tuple[str, ...] = ("bm25", "dense", "recency", "random", "none")
+RETRIEVERS: tuple[str, ...] = get_args(RetrieverName)
 _ALIASES = {"contriever": "dense"}
 DEFAULT_ENCODER = "facebook/contriever"
 

@@ -11,10 +11,22 @@ same text get the same score bit for bit (each distinct text of a profile is sco
 between duplicates are exact on every machine.
 
 faiss is not used: for one profile of a few hundred items a matmul + topk is as fast as faiss.
+
+With a ``cache_dir`` (``get_rankings`` gives lamp-fid's), item embeddings are also kept across files,
+per encoder setting, keyed by a 16-byte blake2b of the item text (:class:`EmbeddingCache`): the time
+split's train/dev/test files share most of each user's items, so ranking dev after train embeds only
+the items train did not have. A reused row was computed in another batch than a fresh one would be, so
+it may differ in the last float32 bits: orders can only differ between items scoring within that noise.
+An encoder is identified by its *content* (:func:`encoder_identity`).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import sys
+import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -36,16 +48,85 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return hidden.sum(dim=1) / mask.sum(dim=1)[..., None]
 
 
-def encoder_identity(encoder: str) -> dict:
-    """What identifies an encoder in the ranking cache: its name, or for a local folder its resolved
-    path plus the size and modification time of its files (a retrained model gets new rankings)."""
-    path = Path(encoder).expanduser()
-    if not path.exists():
-        return {"encoder": encoder}
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return {"encoder": str(path.resolve()),
-            "files": [[str(p.relative_to(path) if path.is_dir() else p.name), p.stat().st_size,
-                       p.stat().st_mtime_ns] for p in files]}
+def encoder_identity(encoder: str, cache_dir: str | Path | None = None) -> dict:
+    """What identifies an encoder in the ranking and embedding caches: the digest of every file of its
+    local folder, or of the hub name's snapshot in the local HF cache (a copied folder hits the cache;
+    retrained weights miss it, whatever their sizes and times); else its name (a hub model not
+    downloaded yet). Digests are memoized under ``cache_dir`` by stat, as the store's are."""
+    from lamp_fid.data.history import encoder_content  # history imports this module
+
+    content = encoder_content(encoder, cache_dir)
+    return {"encoder": encoder} if content is None else {"encoder_files": content["files"]}
+
+
+class EmbeddingCache:
+    """Item embeddings of one encoder setting kept on disk across files, keyed by item text.
+
+    ``<root>/`` holds shards, each written once (in a temp folder renamed into place) by a ranking
+    that embedded new texts: ``digests.npy`` (``S16`` blake2b of the texts), ``matrix.npy`` (float32
+    ``[m, d]``) and ``meta.json`` (size and digest of both, checked on every read: a damaged shard is
+    ignored with one warning line and embedded again).
+    """
+
+    def __init__(self, root: str | Path, cache_dir: str | Path | None = None):
+        self.root, self.cache_dir = Path(root), cache_dir
+
+    def _shards(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(digests, memory-mapped matrix) of every intact shard."""
+        from lamp_fid.data.store import file_digest
+
+        if not self.root.is_dir():
+            return
+        for shard in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            try:
+                meta = json.loads((shard / "meta.json").read_text())
+                for name, (size, digest) in meta["files"].items():
+                    if (shard / name).stat().st_size != size or file_digest(shard / name, self.cache_dir) != digest:
+                        raise ValueError(f"{name} differs from what was written")
+                yield (np.load(shard / "digests.npy", allow_pickle=False),
+                       np.load(shard / "matrix.npy", mmap_mode="r", allow_pickle=False))
+            except (OSError, ValueError, TypeError, KeyError, LaMPError) as err:
+                print(f"lamp-fid: warning: ignoring the damaged embedding cache {shard} ({err})", file=sys.stderr)
+
+    def lookup(self, digests: np.ndarray) -> tuple[torch.Tensor | None, np.ndarray]:
+        """``(matrix, found)``: rows for ``digests`` filled where some shard has the text (``found``)."""
+        found = np.zeros(len(digests), dtype=bool)
+        out = None
+        for theirs, matrix in self._shards():
+            if found.all():
+                break
+            if len(theirs) == 0 or (out is not None and matrix.shape[1] != out.shape[1]):
+                continue
+            order = np.argsort(theirs, kind="stable")
+            pos = np.searchsorted(theirs[order], digests).clip(max=len(theirs) - 1)
+            hit = (theirs[order[pos]] == digests) & ~found
+            if hit.any():
+                if out is None:
+                    out = torch.empty(len(digests), matrix.shape[1], dtype=torch.float32)
+                out[torch.from_numpy(np.flatnonzero(hit))] = torch.from_numpy(
+                    np.ascontiguousarray(matrix[order[pos[hit]]], dtype=np.float32))
+                found |= hit
+        return out, found
+
+    def add(self, digests: np.ndarray, matrix: np.ndarray) -> None:
+        """Keep newly embedded rows as a new shard (nothing for no rows)."""
+        from lamp_fid.data.store import file_digest
+
+        if len(digests) == 0:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = uuid.uuid4().hex[:16]
+        tmp = self.root / f".{name}.tmp-{os.getpid()}"
+        tmp.mkdir()
+        try:
+            np.save(tmp / "digests.npy", np.asarray(digests, dtype="S16"))
+            np.save(tmp / "matrix.npy", np.asarray(matrix, dtype=np.float32))
+            files = {f: [(tmp / f).stat().st_size, file_digest(tmp / f)] for f in ("digests.npy", "matrix.npy")}
+            (tmp / "meta.json").write_text(json.dumps({"n": len(digests), "files": files}))
+            os.rename(tmp, self.root / name)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 class DenseRetriever(Retriever):
@@ -55,16 +136,21 @@ class DenseRetriever(Retriever):
 
     def __init__(self, task: str | Task, *, encoder: str = DEFAULT_ENCODER, use_date: bool = False,
                  batch_size: int = 64, device: str = "cpu", tie_break: str = "official",
-                 max_length: int = MAX_LENGTH, progress: bool = True, source: str = "<questions>"):
+                 max_length: int = MAX_LENGTH, progress: bool = True, source: str = "<questions>",
+                 cache_dir: str | Path | None = None):
         super().__init__(task, use_date=use_date, source=source)
         if batch_size < 1:
             raise LaMPError(f"batch_size must be >= 1, got {batch_size}")
         self.encoder, self.batch_size, self.device = encoder, batch_size, device
         self.tie_break, self.max_length, self.progress = tie_break, max_length, progress
         self._model = self._tokenizer = None
+        #: lamp-fid's cache folder: encoder digests are memoized and item embeddings kept there (None: neither)
+        self.cache_dir = cache_dir
+        self.embedded = self.reused = 0  #: item texts the last ``rank_all`` embedded / read from the cache
 
     def key(self) -> dict:
-        key = {"use_date": self.use_date, "tie_break": self.tie_break, **encoder_identity(self.encoder)}
+        key = {"use_date": self.use_date, "tie_break": self.tie_break,
+               **encoder_identity(self.encoder, self.cache_dir)}
         if self.max_length != MAX_LENGTH:
             key["max_length"] = self.max_length
         return key
@@ -140,6 +226,39 @@ class DenseRetriever(Retriever):
                     bar.update(len(rows))
         return out if out is not None else torch.empty(0, 0)
 
+    def embedding_cache(self) -> EmbeddingCache | None:
+        """This encoder setting's item embeddings across files (None without a ``cache_dir``)."""
+        if self.cache_dir is None:
+            return None
+        import hashlib
+
+        settings = {"format": 1, "pooling": self.name, "max_length": self.max_length,
+                    **encoder_identity(self.encoder, self.cache_dir)}
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]
+        return EmbeddingCache(Path(self.cache_dir).expanduser() / "embeddings" / digest, self.cache_dir)
+
+    def embed_items(self, texts: list[str], progress: bool | None = None) -> torch.Tensor:
+        """Embeddings of distinct item texts: read from the embedding cache where it has them, the rest
+        embedded (and added to it). Sets ``embedded`` and ``reused``."""
+        cache = self.embedding_cache() if texts else None
+        if cache is None:
+            self.embedded, self.reused = len(texts), 0
+            return self.embed(texts, f"embed {len(texts)} distinct items", progress)
+        from lamp_fid.data.history import text_digests
+
+        digests = text_digests(texts)
+        out, found = cache.lookup(digests)
+        missing = np.flatnonzero(~found)
+        self.embedded, self.reused = len(missing), int(found.sum())
+        if len(missing):
+            emb = self.embed([texts[i] for i in missing],
+                             f"embed {len(missing)} new distinct items ({self.reused} cached)", progress)
+            if out is None:
+                out = torch.empty(len(texts), emb.shape[1], dtype=emb.dtype)
+            out[torch.from_numpy(missing)] = emb
+            cache.add(digests[missing], emb.numpy())
+        return out
+
     # --- ranking ----------------------------------------------------------------------------
     def order(self, scores: torch.Tensor) -> np.ndarray:
         """Best first: ``torch.topk`` over all items (official) or a stable descending sort."""
@@ -168,7 +287,7 @@ class DenseRetriever(Retriever):
                                          np.int64))
         if not ids:
             return
-        items = self.embed(list(index), f"embed {len(index)} distinct items", progress)
+        items = self.embed_items(list(index), progress)
         del index
         qs = self.embed(queries, f"embed {len(queries)} queries", progress)
         for i in tqdm(range(len(ids)), disable=not progress, desc="rank dense", unit="ex"):

@@ -153,6 +153,10 @@ def get_rankings(store, retriever: str = "bm25", *, cache_dir: str | Path | None
                        progress=progress)
     if r.name == "none":
         return Rankings.from_items((i, np.empty(0, dtype=np.int32)) for i in store.ids)
+    if r.name == "dense":  # encoder digests memoized and item embeddings kept across files there
+        from lamp_fid.data.paths import default_cache_dir
+
+        r.cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
     key = cache_key(store, r)
     path = cache_path(cache_dir, key)
     if path.exists():
@@ -166,6 +170,9 @@ def get_rankings(store, retriever: str = "bm25", *, cache_dir: str | Path | None
         print(f"lamp-fid: warning: the ranking cache {path} is not usable ({problem}): ranking again",
               file=sys.stderr)
     rankings = Rankings.from_items(r.rank_all(iter(store), total=len(store), progress=progress), meta=key)
+    if r.name == "dense" and cache_key(store, r) != key:  # a hub encoder this ranking downloaded: from
+        rankings.meta = key = cache_key(store, r)  # now on it is keyed by its files
+        path = cache_path(cache_dir, key)
     rankings.save(path)
     return rankings
 

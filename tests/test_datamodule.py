@@ -176,8 +176,10 @@ def test_datamodule_setup_gives_contract_batches(tmp_path):
     for split in ("train", "dev"):
         write_fake_split(tmp_path / "data", "LaMP_2", split, 5, profile_size=(1, 4), words=(4, 12), seed=1)
     dm = LaMPDataModule(task="LaMP_2", data_dir=tmp_path / "data", download=False, cache_dir=tmp_path / "cache",
-                        tokenizer=str(model), k=3, mode="fid", batch_size=2, max_length=48)
+                        tokenizer=str(model), k=3, mode="fid", batch_size=2, max_length=48,
+                        token_cache=False)  # PassageDataset + PassageCollator (test_tokens: the cache)
     dm.setup("fit")
+    assert isinstance(dm.datasets["dev"], PassageDataset)
     batch = next(iter(dm.val_dataloader()))
     B, n, L = batch["input_ids"].shape
     assert B == 2 and 1 <= n <= 3 and L <= 48 and batch["labels"].shape[0] == 2

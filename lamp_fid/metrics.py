@@ -1,6 +1,6 @@
 """Official-equivalent LaMP metrics: ``score`` for prediction files and for training's eval epochs.
 
-``score`` reproduces the official evaluator (LaMP's eval/evaluation.py; LAMP_SPEC.md section 4): every
+``score`` reproduces the official evaluator (LaMP's eval/evaluation.py; docs/official_mode.md#metrics): every
 example becomes a row of two numbers chosen by the task's kind, and the rows are aggregated by the
 kind. ``FiDModule`` scores each eval epoch's outputs with it, once they are gathered from every rank
 and deduplicated (one gather per epoch; see ``FiDModule._eval_epoch_end``). The rows are

@@ -1,7 +1,7 @@
 """The paper's fine-tuning settings as one table, and the generator of the 24 task configs.
 
 ``configs/<mode>_lamp<N>.yaml`` (fid, ipa, none x the 8 tasks) are generated from ``BASE``, the
-paper's setup (LAMP_SPEC.md section 5), with the deltas of ``KINDS`` (per task kind) and ``MODES``.
+paper's setup (docs/official_mode.md#training-setup), with the deltas of ``KINDS`` (per task kind) and ``MODES``.
 A file writes only the settings that differ from lamp-fid's defaults (what ``lamp-fid fit
 --print_config`` resolves without a config) plus those a reader must see (``SHOWN``); its header
 states the whole setup. The configs live in the package (``lamp_fid/configs``, shipped in the wheel);
@@ -29,7 +29,7 @@ from lamp_fid.tasks import TASK_NAMES, get_task
 #: Where the package's configs are: the demo configs, the task configs and ``slurm/fit.sbatch``.
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
-#: The paper's fine-tuning setup, shared by every task and mode (LAMP_SPEC.md section 5).
+#: The paper's fine-tuning setup, shared by every task and mode (docs/official_mode.md#training-setup).
 BASE: dict = {
     "seed_everything": 42,
     "trainer": {"precision": "32-true", "max_epochs": 10, "log_every_n_steps": 50, "gradient_clip_val": 1.0},
@@ -160,7 +160,7 @@ def render(task: str, mode: str, defaults: dict) -> str:
     left_out = [key for key in flatten(full) if key not in flatten(body)]
     header = [
         f"{row.name} ({row.title}): {what}.",
-        f"The paper's fine-tuning setup (LAMP_SPEC.md section 5): {m['model_name_or_path']}, "
+        f"The paper's fine-tuning setup (docs/official_mode.md#training-setup): {m['model_name_or_path']}, "
         f"{opt['class_path'].rpartition('.')[2]} lr {_num(opt['init_args']['lr'])}, weight decay "
         f"{_num(opt['init_args']['weight_decay'])}, linear schedule with {_num(m['warmup_ratio'] * 100)} % "
         f"warmup, batch {d['batch_size']}, {t['max_epochs']} epochs, {d['max_length']} input tokens, "

@@ -2,8 +2,8 @@
 
 Everything here is generic over the task table (``lamp_fid.tasks``): a row's ``piece`` template makes
 one profile item into text, ``need``/``need_fixed`` is its token overhead, ``reserve``/``reserve_eos``
-are taken off the profile budget, and ``prompt`` joins the pieces with the input. The rules are
-LAMP_SPEC.md section 3, reproduced exactly (the official prompts, token for token):
+are taken off the profile budget, and ``prompt`` joins the pieces with the input. The rules of
+docs/official_mode.md#phi-p, reproduced exactly (the official prompts, token for token):
 
 * ``tok(s)`` are the tokenizer's ids *with* special tokens (T5 appends ``</s>``), ``|s| = len(tok(s))``;
 * profile budget ``B = max_length - min(|input|, int(factor * max_length))``, ``factor = 0.6``;
@@ -22,7 +22,7 @@ Passage layouts (``mode``/``layout``):
 * ``ipa``: ``[φp(input, items)]``, one prompt with all k items (empty profile: ``[input]``);
 * ``fid`` + ``official``: ``[φp(input, [item_1]), ..., φp(input, [item_k])]``, the official per-item
   dataset (k = 1 in the budget of each passage; no items: ``[input]``);
-* ``fid`` + ``separate`` (not in LaMP; for tiny models trained from scratch, see DEMO_NOTES.md):
+* ``fid`` + ``separate`` (not in LaMP; for tiny models trained from scratch, docs/demo.md#separate-layout):
   ``[input, piece(item_1), ..., piece(item_k)]``. The input passage comes first and is the bare input;
   each item passage is the item's φp piece alone (e.g. LaMP_3 ``5 is the score for "<text>" ``),
   its long field cut by the same rule with k = 1 and the whole ``max_length`` as budget
@@ -81,7 +81,8 @@ class Passages:
 
 
 def cut(text: str, n: int, tokenizer) -> tuple[str, int]:
-    """``cut(s, n)`` of LAMP_SPEC: ``tok(s)`` truncated to ``n`` ids, decoded without special tokens.
+    """``cut(s, n)`` (docs/official_mode.md#phi-p-budget): ``tok(s)`` truncated to ``n`` ids, decoded
+    without special tokens.
 
     Returns the text and the number of ids kept (special tokens included). The edge cases are HF's, made
     explicit here so that no transformers version can change them: ``n == 0`` means no truncation at

@@ -81,7 +81,7 @@ RATING_LABELS = ("1", "2", "3", "4", "5")
 class Task:
     """One LaMP task as data.
 
-    The φp fields follow LAMP_SPEC.md section 3: ``piece`` is a ``str.format`` template over the item's
+    The φp fields follow docs/official_mode.md#phi-p: ``piece`` is a ``str.format`` template over the item's
     fields in which ``{cut}`` stands for the (budget-truncated) long field; ``need`` is the template
     whose token length is the per-item overhead (``None``: the fixed overhead ``need_fixed``);
     ``prompt`` joins the pieces with the input; ``reserve`` is text whose token length is also taken
@@ -217,7 +217,7 @@ TASKS: dict[str, Task] = {
     )
 }
 
-#: The official instruction that opens every question's input (LAMP_SPEC.md section 1), as a
+#: The official instruction that opens every question's input (docs/official_mode.md#instructions), as a
 #: ``str.format`` template over the payload: ``{text}`` and ``{labels}`` (the task's labels joined by
 #: ", "); LaMP_1's over the paper's ``{title}`` and its two candidate references ``{ref1}``, ``{ref2}``.
 #: φq (``query_of``) finds its marker in these.

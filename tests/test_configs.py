@@ -95,7 +95,7 @@ def test_a_config_writes_only_what_differs_from_the_defaults_and_what_the_run_is
 
 
 def test_the_table_holds_the_paper_setup(defaults):
-    """LAMP_SPEC.md section 5: 10 epochs for classification and rating, 20 for generation."""
+    """docs/official_mode.md#training-setup: 10 epochs for classification and rating, 20 for generation."""
     epochs = {task: paper.settings(task, "fid")["trainer"]["max_epochs"] for task in paper.TASK_NAMES}
     assert epochs == {"LaMP_1": 10, "LaMP_2": 10, "LaMP_2N": 10, "LaMP_3": 10,
                       "LaMP_4": 20, "LaMP_5": 20, "LaMP_6": 20, "LaMP_7": 20}

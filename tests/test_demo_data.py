@@ -89,7 +89,8 @@ def test_generation_is_deterministic_in_the_seed(tmp_path):
 
 
 def test_lamp3_user_bias_is_a_real_signal(demo_dir):
-    """The mean score of the user's profile beats the global majority by far (DEMO_NOTES: .60 vs 1.23)."""
+    """The mean score of the user's profile beats the global majority by far (docs/demo.md#prototype:
+    .60 vs 1.23)."""
     train, train_out = read(demo_dir / "LaMP", "LaMP_3", "train")
     dev, dev_out = read(demo_dir / "LaMP", "LaMP_3", "dev")
     golds = np.array([float(g["output"]) for g in dev_out["golds"]])

@@ -8,7 +8,8 @@ from lamp_fid.data.paths import split_paths
 from lamp_fid.errors import LaMPError
 from lamp_fid.tasks import INSTRUCTIONS, TASKS, get_task
 
-# The instruction every input starts with, as LAMP_SPEC.md section 1 writes it (an independent copy).
+# The instruction every input starts with, as docs/official_mode.md#instructions writes it
+# (an independent copy).
 SPEC_PREFIXES = {
     "LaMP_1": 'For an author who has written the paper with the title "',
     "LaMP_2": ("Which tag does this movie relate to among the following tags? Just answer with the tag "

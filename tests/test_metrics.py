@@ -12,7 +12,7 @@ from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, mean_
 from lamp_fid.errors import LaMPError
 from lamp_fid.metrics import score
 
-# Label sets as LAMP_SPEC.md section 1 writes them (an independent copy of the task table's).
+# Label sets as docs/official_mode.md#labels writes them (an independent copy of the task table's).
 SPEC_LABELS = {
     "LaMP_1": ["[1]", "[2]"],
     "LaMP_2": ["sci-fi", "based on a book", "comedy", "action", "twist ending", "dystopia", "dark comedy",

@@ -1,4 +1,4 @@
-"""φp prompts and passages, checked against examples worked out by hand from LAMP_SPEC.md section 3.
+"""φp prompts and passages, checked against examples worked out by hand from docs/official_mode.md#phi-p.
 
 Two tokenizers: a word-level one built here (one id per whitespace-separated word, plus T5's closing
 ``</s>``: ``|s| = len(s.split()) + 1``, so every count can be checked by eye) and, when the assets are
@@ -370,10 +370,10 @@ def test_compose_templates():
     assert compose("after:title:, and {joined}", "J", "no marker") == "no marker"
 
 
-# --- the spec's formulas transcribed task by task, on random data ------------------------------
+# --- the formulas of docs/official_mode.md#phi-p transcribed task by task, on random data ----------
 
 def spec_prompt(task: str, inp: str, items: list[dict], tok, max_length: int) -> str:
-    """LAMP_SPEC.md section 3 written out per task, independently of the task table."""
+    """docs/official_mode.md#phi-p written out per task, independently of the task table."""
     L = lambda s: len(tok(s)["input_ids"])  # noqa: E731
     table = {  # long field, need(item) or fixed, piece(item, cut), extra reserve, final(joined)
         "LaMP_1": ("title", lambda p: 2, lambda p, c: f'"{c}"', None, None),

@@ -169,7 +169,7 @@ def lamp3_files(tmp_path):
 
 
 def official_file_rankings(questions) -> dict[str, list[str]]:
-    """The official per-question procedure on the JSON file, written from LAMP_SPEC.md (LaMP_3)."""
+    """The official per-question procedure on the JSON file (docs/official_mode.md#retrievers), LaMP_3."""
     out = {}
     for rec in json.loads(questions.read_text()):
         query = rec["input"][rec["input"].find("review:") + len("review:"):].strip()

@@ -1,4 +1,6 @@
-"""Retrievers against independent oracles: rank_bm25 itself, the spec's recency rule, hand checks."""
+"""Retrievers against independent oracles: rank_bm25 itself, the recency rule, hand checks.
+
+The rules are those of docs/official_mode.md#retrievers."""
 
 from __future__ import annotations
 
@@ -132,7 +134,7 @@ def test_bm25_file_state_is_reused_across_questions_without_changing_results():
 
 
 def official_recency(profile: list[dict]) -> list[int]:
-    """LAMP_SPEC.md: stable ascending sort by the date as an int tuple, reversed."""
+    """docs/official_mode.md#retrievers: stable ascending sort by the date as an int tuple, reversed."""
     key = lambda i: tuple(int(x) for x in str(profile[i]["date"]).split("-"))  # noqa: E731
     return sorted(range(len(profile)), key=key)[::-1]
 

@@ -459,7 +459,7 @@ def test_gpu_check_flops_count_every_weight_once(gpu_check, shape):
     embedding = config.vocab_size * config.d_model  # a lookup: no FLOPs
     position_bias = 2 * config.relative_attention_num_buckets * config.num_heads  # idem
     counted = flops["params_encoder"] + flops["params_decoder"] + position_bias  # LM head included
-    # transformers 5 ties the LM head to the embedding of a T5 built from a config (ENGINEERING.md)
+    # transformers 5 ties the LM head to the embedding of a T5 built from a config (a transformers 5 default)
     tied = model.lm_head.weight is model.shared.weight
     assert counted + (0 if tied else embedding) == sum(p.numel() for p in model.parameters())
     if shape == "FLAN_T5_BASE":

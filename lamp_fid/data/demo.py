@@ -14,8 +14,9 @@ non-personalized model cannot see:
 - LaMP_7 (tweet paraphrasing, optional): a user rewrites neutral tweets with personal synonyms and
   ends them with a personal hashtag, both visible in the profile's tweets.
 
-Files follow LAMP_SPEC.md section 1 exactly (the official instruction prefix in every input, ids as
-strings, ``date`` on profile items) in the downloader's layout, train and dev from disjoint users.
+Files follow docs/official_mode.md#file-formats exactly (the official instruction prefix in every
+input, ids as strings, ``date`` on profile items) in the downloader's layout, train and dev from
+disjoint users.
 """
 
 from __future__ import annotations

@@ -194,24 +194,30 @@ def _problem(directory: Path, cache_dir: Path) -> str | None:
         return f"meta.json is unreadable ({err})"
     if not isinstance(meta, dict) or meta.get("layout") != LAYOUT or not isinstance(meta.get("files"), dict):
         return "it was made by another lamp-fid version"
-    for name in _FILES:
-        want = meta["files"].get(name) or {}
+    return files_problem(directory, _FILES, meta["files"], cache_dir)
+
+
+def files_problem(folder: Path, names, recorded: dict, cache_dir: Path) -> str | None:
+    """Why the cache files ``names`` in ``folder`` differ from the sizes and digests ``recorded`` at
+    build (None if none does): the one check of every cache folder (stores, token caches)."""
+    for name in names:
+        want = recorded.get(name) if isinstance(recorded.get(name), dict) else {}
         try:
-            size = (directory / name).stat().st_size
+            size = (folder / name).stat().st_size
             if size != want.get("size"):
                 return f"{name} holds {size} bytes, not {want.get('size')} (truncated or replaced?)"
-            if file_digest(directory / name, cache_dir) != want.get("digest"):
+            if file_digest(folder / name, cache_dir) != want.get("digest"):
                 return f"{name} differs from what was written (edited or damaged on disk)"
         except (OSError, LaMPError):
             return f"{name} is missing or unreadable"
     return None
 
 
-def _remove(directory: Path) -> None:
-    """Delete a store folder: renamed aside first, so no reader ever sees it half deleted."""
-    aside = directory.with_name(f".{directory.name}.tmp-old-{uuid.uuid4().hex[:8]}")
+def remove_folder(folder: Path) -> None:
+    """Delete a cache folder: renamed aside first, so no reader ever sees it half deleted."""
+    aside = folder.with_name(f".{folder.name}.tmp-old-{uuid.uuid4().hex[:8]}")
     with contextlib.suppress(FileNotFoundError):
-        os.rename(directory, aside)
+        os.rename(folder, aside)
     shutil.rmtree(aside, ignore_errors=True)
 
 
@@ -267,7 +273,7 @@ class LaMPStore:
                         print(f"lamp-fid: warning: the store {final} is not usable ({problem}): rebuilding it",
                               file=sys.stderr)
                     if final.exists():
-                        _remove(final)
+                        remove_folder(final)
                     meta = dict(format=FORMAT, layout=LAYOUT, task=task.name, fingerprint=fp,
                                 has_outputs=outputs_path is not None,
                                 questions_path=str(questions_path.resolve()),

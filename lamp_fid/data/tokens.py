@@ -46,7 +46,6 @@ Training-time augmentation:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
@@ -65,7 +64,7 @@ from torch.utils.data import BatchSampler, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from lamp_fid.data.sampler import ResumableSampler
-from lamp_fid.data.store import _clean_dead_builds, _lock, _remember, file_digest
+from lamp_fid.data.store import _clean_dead_builds, _lock, _remember, file_digest, files_problem, remove_folder
 from lamp_fid.errors import LaMPDataError, LaMPError
 from lamp_fid.io import make_folder, write_error
 from lamp_fid.prompts import Layout, Mode, PromptBuilder
@@ -339,27 +338,10 @@ def _problem(folder: Path, key: dict, store, root: Path) -> str | None:
     if not isinstance(meta, dict) or meta.get("key") != key or not isinstance(meta.get("files"), dict) \
             or set(meta["files"]) != set(_FILES):
         return "it was made for other settings or by another lamp-fid version"
-    for name in _FILES:
-        want = meta["files"][name]
-        try:
-            size = (folder / name).stat().st_size
-            if size != want.get("size"):
-                return f"{name} holds {size} bytes, not {want.get('size')} (truncated or replaced?)"
-            if file_digest(folder / name, root) != want.get("digest"):
-                return f"{name} differs from what was written (edited or damaged on disk)"
-        except (OSError, LaMPError, AttributeError):
-            return f"{name} is missing or unreadable"
-    if meta.get("n") != len(store):
+    problem = files_problem(folder, _FILES, meta["files"], root)
+    if problem is None and meta.get("n") != len(store):
         return "it holds another number of examples"
-    return None
-
-
-def _remove(folder: Path) -> None:
-    """Delete a cache folder: renamed aside first, so no reader ever sees it half deleted."""
-    aside = folder.with_name(f".{folder.name}.tmp-old-{uuid.uuid4().hex[:8]}")
-    with contextlib.suppress(FileNotFoundError):
-        os.rename(folder, aside)
-    shutil.rmtree(aside, ignore_errors=True)
+    return problem
 
 
 def open_tokens(store, rankings, tokenizer, *, k: int, mode: Mode = "fid", layout: Layout = "official",
@@ -408,7 +390,7 @@ def open_tokens(store, rankings, tokenizer, *, k: int, mode: Mode = "fid", layou
                   file=sys.stderr)
         _clean_dead_builds(folder, final.name)
         if final.exists():
-            _remove(final)
+            remove_folder(final)
         encoder = _Encoder(store, rankings if key["mode"] != "none" else None, builder, key["k"],
                            max_target_length, with_targets=bool(store.has_outputs))
         n_workers = _auto_workers(len(store)) if workers is None else workers

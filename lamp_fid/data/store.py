@@ -171,14 +171,20 @@ def _build(task: Task, questions_path: Path, outputs_path: Path | None, final: P
         files = {name: {"size": (tmp / name).stat().st_size, "digest": digests[name]} for name in _FILES}
         meta = dict(meta, n=len(ids), date_problem=dates, files=files,
                     created=time.strftime("%Y-%m-%d %H:%M:%S"))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        os.rename(tmp, final)
+        publish_folder(tmp, final, meta, cache_dir)
     except OSError as err:
         raise write_error(final, err) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    for name, info in files.items():
+
+
+def publish_folder(tmp: Path, final: Path, meta: dict, cache_dir: str | Path) -> None:
+    """Finish a cache folder built in ``tmp``: ``meta.json`` written last, the folder renamed into
+    place, and the digests recorded in ``meta["files"]`` (computed from the bytes written) memoized."""
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    os.rename(tmp, final)
+    for name, info in meta["files"].items():
         path = (final / name).resolve()
         _remember(path, path.stat(), info["digest"], cache_dir)
 

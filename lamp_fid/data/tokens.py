@@ -64,7 +64,7 @@ from torch.utils.data import BatchSampler, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from lamp_fid.data.sampler import ResumableSampler
-from lamp_fid.data.store import _clean_dead_builds, _lock, _remember, file_digest, files_problem, remove_folder
+from lamp_fid.data.store import _clean_dead_builds, _lock, file_digest, files_problem, publish_folder, remove_folder
 from lamp_fid.errors import LaMPDataError, LaMPError
 from lamp_fid.io import make_folder, write_error
 from lamp_fid.prompts import Layout, Mode, PromptBuilder
@@ -314,16 +314,12 @@ def _build(store, encoder: _Encoder, key: dict, final: Path, root: Path, workers
             digest = hashes[name].hexdigest() if name in hashes else file_digest(tmp / name)
             files[name] = {"size": (tmp / name).stat().st_size, "digest": digest}
         meta = {"key": key, "n": n, "files": files}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        os.rename(tmp, final)
+        publish_folder(tmp, final, meta, root)
     except OSError as err:
         raise write_error(final, err) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    for name, info in files.items():  # the digests were computed from the bytes written
-        path = (final / name).resolve()
-        _remember(path, path.stat(), info["digest"], root)
 
 
 def _problem(folder: Path, key: dict, store, root: Path) -> str | None:

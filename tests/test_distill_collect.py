@@ -157,6 +157,11 @@ def test_atlas_scores_need_outputs(root):
     trainer(root).validate(atlas, datamodule=datamodule(root), verbose=False)
     assert len(atlas.item_scores) == 7
     assert all(math.isfinite(v) and v >= 0 for row in atlas.item_scores.values() for v in row.values())
+    on_dev = reader(root, passage_scores="atlas")  # predict on a split with outputs: teacher-forced too
+    trainer(root).predict(on_dev, datamodule=datamodule(root, predict_split="dev"))
+    assert on_dev.item_scores.keys() == atlas.item_scores.keys()
+    for qid, row in atlas.item_scores.items():
+        assert on_dev.item_scores[qid] == pytest.approx(row, rel=1e-5, abs=1e-6)
     with pytest.raises(LaMPError, match="atlas needs the gold outputs .* the test split has none"):
         trainer(root).predict(reader(root, passage_scores="atlas"), datamodule=datamodule(root))
 

@@ -104,7 +104,8 @@ class FiDModule(LightningModule):
             else:
                 self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         self.predictions: dict[str, str] = {}  # id -> decoded output of the last validate/test epoch
-        self._step_outputs: list[tuple[str, tuple[str, str | None]]] = []  # (id, (output, gold))
+        # (id, (output, gold, {item id: passage score} or None))
+        self._step_outputs: list[tuple[str, tuple[str, str | None, dict[str, float] | None]]] = []
         self._label_ids: list[torch.Tensor] | None = None
         if passage_scores not in ("none", "fid", "atlas"):
             raise LaMPError(f"passage_scores must be none, fid or atlas, got {passage_scores!r}")

@@ -99,13 +99,14 @@ def test_scores_path_sits_beside_the_predictions():
 
 # --- scores through Lightning --------------------------------------------------------------------
 
-@pytest.mark.parametrize("group_by_length", ["none", "eval"])
-def test_validate_keeps_the_scores_of_the_same_batches_and_the_same_predictions(root, group_by_length):
+@pytest.mark.parametrize("group_by_length,token_cache", [("none", True), ("eval", True), ("none", False)])
+def test_validate_keeps_the_scores_of_the_same_batches_and_the_same_predictions(root, group_by_length, token_cache):
+    options = {"group_by_length": group_by_length, "token_cache": token_cache}
     plain = reader(root)
-    trainer(root).validate(plain, datamodule=datamodule(root, group_by_length=group_by_length), verbose=False)
+    trainer(root).validate(plain, datamodule=datamodule(root, **options), verbose=False)
     assert plain.item_scores is None
 
-    dm = datamodule(root, group_by_length=group_by_length)
+    dm = datamodule(root, **options)
     scored = reader(root, passage_scores="fid")
     trainer(root).validate(scored, datamodule=dm, verbose=False)
     assert scored.predictions == plain.predictions  # bit-identical outputs, same order

@@ -29,8 +29,11 @@ FREE_MODEL = frozenset({"gradient_checkpointing", "skip_empty_passages"})
 SAME_FOR_EVAL = frozenset({"task", "model_name_or_path"})
 # keys Lightning adds to saved hyperparameters
 _META = frozenset({"_instantiator", "_class_path"})
-# data settings linked from model ones (compared there): the model's task is set by --data.task
-_LINKED = {("data", "task"), ("data", "tokenizer")}
+# settings linked from others (compared there): the model's task is set by --data.task, the data's
+# tokenizer by --model.model_name_or_path; PPlug's mode, user encoder and pooling come from --data.*,
+# the data's query instruction from --model.query_instruction
+_LINKED = {("data", "task"), ("data", "tokenizer"), ("model", "mode"), ("model", "user_encoder"),
+           ("model", "user_pooling"), ("data", "query_instruction")}
 _SHOWN = {("model", "task"): "--data.task"}
 # Lightning's special --ckpt_path values: "last" is <run>/last.ckpt, the others name no file here
 SPECIAL = ("best", "hpc", "registry")

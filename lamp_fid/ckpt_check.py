@@ -3,7 +3,8 @@
 A checkpoint is read with ``torch.load(weights_only=True)`` (never a pickle that can run code), memory
 mapped (the tensors are not read), and compared with the command's options:
 
-* every command refuses a checkpoint of another task or another base model;
+* every command refuses a checkpoint of another task or another base model, and a PPlug checkpoint
+  in a mode without PPlug (or the reverse): its user embedder's weights have nowhere to go;
 * a resumed ``fit`` also refuses any change to a setting that changes what the run means (see
   ``FREE_DATA``/``FREE_MODEL`` for those that may differ), and a checkpoint whose saved state names
   checkpoint files outside the run's folder (Lightning would export, or delete, those files).
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from lamp_fid.errors import LaMPError
+from lamp_fid.setting import uses_pplug
 from lamp_fid.tasks import get_task
 
 # settings that may differ on resume: where files are and how fast they are read, not what is trained
@@ -115,6 +117,11 @@ def setting_changes(ckpt: dict, data: dict, model: dict, resume: bool) -> list[s
             if _norm(key, old) != _norm(key, now[key]):
                 name = _SHOWN.get((group, key), f"--{group}.{key}")
                 changes.append(f"{name}: {old} -> {now[key]}")
+    if not resume:  # a PPlug checkpoint holds the user embedder's weights: only a PPlug mode loads them
+        saved_mode = (ckpt.get("hyper_parameters") or {}).get("mode", "fid")
+        now_mode = data.get("mode", model.get("mode", "fid"))
+        if uses_pplug(str(saved_mode)) != uses_pplug(str(now_mode)):
+            changes.append(f"--data.mode: {saved_mode} -> {now_mode}")
     return changes
 
 

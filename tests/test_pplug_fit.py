@@ -215,3 +215,48 @@ def test_a_pplug_fit_resumes(setup_dir):
     assert resumed["global_step"] == straight["global_step"] == 6
     for key, value in straight["state_dict"].items():
         assert torch.allclose(value, resumed["state_dict"][key], rtol=1e-3, atol=1e-3), key
+
+
+# --- tune and report know the modes ---------------------------------------------------------------
+
+def test_tune_runs_pplug_once_and_the_combined_modes_per_cell(tmp_path, monkeypatch):
+    import lamp_fid.train as train
+    from lamp_fid import tune as tune_module
+    from test_tune import FakeFit, config, opts
+
+    monkeypatch.setattr(tune_module, "_release_memory", lambda: None)
+
+    def mae(mode, retriever, k):
+        return {"MAE": {"none": 0.9, "pplug": 0.5, "fid": 0.6, "pplug+fid": 0.4}[mode] + k / 100, "RMSE": 1.0}
+
+    fake = FakeFit("LaMP_3", mae)
+    monkeypatch.setattr(train, "lightning_main", fake)
+    summary = tune_module.tune(config(tmp_path, "LaMP_3"), retrievers=["bm25", "recency"], ks=[1, 2],
+                               modes=["pplug", "fid", "pplug+fid"], runs_dir=tmp_path / "runs")
+    names = [opts(c)["--run_name"] for c in fake.calls]
+    assert names[:2] == ["tune-LaMP_3-none", "tune-LaMP_3-pplug"] and len(names) == 2 + 2 * 4
+    pplug = opts(fake.calls[1])
+    assert (pplug["--data.mode"], pplug["--data.retriever"], pplug["--data.k"]) == ("pplug", "none", "0")
+    assert "tune-LaMP_3-pplug+fid-bm25-k1" in names
+    assert summary["best"]["run_name"] == "tune-LaMP_3-pplug+fid-bm25-k1"
+    assert summary["baseline"]["run_name"] == "tune-LaMP_3-none"
+
+
+def test_report_labels_and_plots_pplug_runs(tmp_path):
+    from lamp_fid.report import collect, report
+    from test_report import read_csv, write_result
+
+    runs = tmp_path / "runs"
+    write_result(runs, "LaMP_3-none", "LaMP_3", "none", "none", 0, {"MAE": 0.5, "RMSE": 1.0})
+    write_result(runs, "LaMP_3-pplug", "LaMP_3", "pplug", "none", 0, {"MAE": 0.45, "RMSE": 0.9})
+    write_result(runs, "LaMP_3-pplug+fid-bm25-k2", "LaMP_3", "pplug+fid", "bm25", 2, {"MAE": 0.3, "RMSE": 0.8})
+    results, warnings = collect(runs)
+    assert warnings == []
+    rows = {r.run_name: r for r in results}
+    assert rows["LaMP_3-pplug"].label() == "pplug" and not rows["LaMP_3-pplug"].is_baseline
+    assert rows["LaMP_3-pplug+fid-bm25-k2"].label() == "pplug+fid-bm25"
+    report(runs, tmp_path / "rep")
+    csv_rows = read_csv(next((tmp_path / "rep").glob("*.csv")))
+    assert {r["mode"] for r in csv_rows} == {"none", "pplug", "pplug+fid"}
+    md = next((tmp_path / "rep").glob("*.md")).read_text()
+    assert "LaMP_3-pplug+fid-bm25-k2" in md and "★" in md

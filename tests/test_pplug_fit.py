@@ -395,3 +395,15 @@ def test_a_user_without_history_gets_soft_tokens_and_no_nan(setup_dir):
         len(batch["ids"])
     # the fake data hold such users: the fits above ran through them
     assert any(len(ex.profile) == 0 for ex in dm._store("dev"))
+
+
+def test_a_pplug_checkpoint_evaluates_only_in_a_pplug_mode(setup_dir, capsys):
+    root, data, model, bert = setup_dir
+    _frozen_lm_fit(root, data, model, bert, "mismatch", "--trainer.limit_val_batches", "1")
+    ckpt = str(root / "runs" / "mismatch" / "last.ckpt")
+    line = _refused(capsys, ["predict", *common(root, data, model, bert, "--data.mode", "fid", "--data.k", "1",
+                                                "--run_name", "mismatch", "--ckpt_path", ckpt)])
+    assert "--data.mode: pplug -> fid" in line
+    # another PPlug mode loads the same weights (the passages change, the user embedder does not)
+    main(["predict", *common(root, data, model, bert, "--data.mode", "pplug+ipa", "--data.k", "1",
+                             "--run_name", "mismatch", "--ckpt_path", ckpt)])

@@ -407,3 +407,26 @@ def test_a_pplug_checkpoint_evaluates_only_in_a_pplug_mode(setup_dir, capsys):
     # another PPlug mode loads the same weights (the passages change, the user embedder does not)
     main(["predict", *common(root, data, model, bert, "--data.mode", "pplug+ipa", "--data.k", "1",
                              "--run_name", "mismatch", "--ckpt_path", ckpt)])
+
+
+@pytest.mark.parametrize("persona", ["every_passage", "extra_passage"])
+def test_skipping_empty_passages_stays_exact_with_soft_tokens(setup_dir, persona):
+    root, data, model, bert = setup_dir
+    batch = _first_batch(_datamodule(root, data, model, bert, mode="pplug+fid", k=3))
+    empty = ~batch["attention_mask"].any(-1)  # [B, k]: users with fewer than 3 items
+    assert empty.any() and not empty.all()
+    losses, outputs = [], []
+    for skip in (True, False):
+        torch.manual_seed(0)
+        module = FiDModule(task="LaMP_3", model_name_or_path=str(model), mode="pplug+fid", user_encoder=str(bert),
+                           persona=persona, skip_empty_passages=skip).eval()
+        with torch.no_grad():
+            encoded, mask = module.fuse(batch["input_ids"], batch["attention_mask"], **module.user_inputs(batch))
+            losses.append(module.model(encoder_outputs=encoded, attention_mask=mask, labels=batch["labels"]).loss)
+            outputs.append(module.decode(encoded, mask))
+        B, k, L = batch["input_ids"].shape
+        assert mask.shape == ((B, 2 + k * L) if persona == "extra_passage" else (B, k * (2 + L)))
+        per_passage = mask[:, 2:].reshape(B, k, L) if persona == "extra_passage" else mask.reshape(B, k, 2 + L)
+        assert not per_passage[empty].any() and per_passage[~empty].any(-1).all()  # empty stays unseen
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    assert outputs[0] == outputs[1]

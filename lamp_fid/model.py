@@ -97,10 +97,13 @@ class FiDModule(LightningModule):
                 released code trains the wrapper in train mode with HF's Trainer; the LM's dropout
                 regularizes the soft tokens and costs nothing).
             persona: pplug+fid: how the soft tokens reach the FiD decoder: every_passage (prepended to
-                every passage's input embeddings, so each passage is encoded knowing the user: the
-                paper's placement applied per passage; the default) or extra_passage (one more
-                passage of just the two soft tokens, encoded alone and fused with the others, so the
-                passages are encoded as in plain FiD). Other modes always prepend (one passage).
+                every passage's input embeddings, so each passage is encoded knowing the user) or
+                extra_passage (one more passage of just the two soft tokens, encoded alone and fused
+                with the others, so the passages are encoded as in plain FiD). Default every_passage:
+                it is the paper's placement (soft tokens in front of the encoder input) applied to each
+                passage, and it lets the encoder read every item in the light of the user embedding;
+                not chosen by a measurement (the demo comparison did not fit in the time available).
+                Other modes always prepend (one passage).
         """
         super().__init__()
         # The optimizer is a callable from the CLI (saved in the run's config.yaml): not a plain value.

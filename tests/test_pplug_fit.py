@@ -115,6 +115,12 @@ def test_the_batch_contract(setup_dir):
     for b in range(B):
         n = len(store[b].profile)
         assert batch["hist_mask"][b].tolist() == [j < n for j in range(batch["hist"].shape[1])]
+    # history_max_items keeps the last items of each profile
+    capped = _first_batch(_datamodule(root, data, model, bert, history_max_items=2))
+    for b in range(B):
+        n = len(store[b].profile)
+        assert int(capped["hist_mask"][b].sum()) == min(n, 2)
+        assert torch.equal(capped["hist"][b, :min(n, 2)], batch["hist"][b, max(n - 2, 0):n])
     # the on-the-fly path (token_cache false) and workers give the same batch
     other = _first_batch(_datamodule(root, data, model, bert, token_cache=False, num_workers=1))
     for key in ("input_ids", "attention_mask", "labels", "query_ids", "query_mask", "hist", "hist_mask"):

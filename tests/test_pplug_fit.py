@@ -436,3 +436,32 @@ def test_skipping_empty_passages_stays_exact_with_soft_tokens(setup_dir, persona
         assert not per_passage[empty].any() and per_passage[~empty].any(-1).all()  # empty stays unseen
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
     assert outputs[0] == outputs[1]
+
+
+@pytest.mark.slow
+def test_pplug_fid_under_two_process_ddp_matches_one_process(tmp_path):
+    """2-process DDP on CPU (gloo): a pplug+fid fit with history dropout runs (every PPlug parameter gets
+    a gradient on every rank), and test gives the 1-process metrics and predictions."""
+    from tests.test_ddp import lamp_fid
+
+    data = tmp_path / "data"
+    for split, n in (("train", 16), ("dev", 7), ("test", 7)):
+        write_fake_split(data, "LaMP_3", split, n, profile_size=(0, 4), words=(4, 10), seed=3)
+    model, bert = build_tiny_t5(tmp_path / "tiny"), build_tiny_bert(tmp_path / "bert")
+    args = common(tmp_path, data, model, bert, "--data.mode", "pplug+fid", "--data.k", "2",
+                  "--data.history_dropout", "0.5", "--trainer.max_epochs", "1", "--data.batch_size", "2")
+    lamp_fid("fit", *args, "--trainer.devices", "2", "--trainer.strategy", "ddp", cwd=tmp_path)
+    run = tmp_path / "runs" / "LaMP_3-pplug+fid-bm25-k2"
+    results = {}
+    for devices in ("1", "2"):
+        strategy = ["--trainer.strategy", "ddp"] if devices == "2" else []
+        lamp_fid("test", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "last.ckpt"),
+                 "--trainer.devices", devices, *strategy, cwd=tmp_path)
+        test_dir = max((run / "test").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+        results[devices] = (json.loads((test_dir / "results.json").read_text())["metrics"],
+                            json.loads((test_dir / "LaMP_3-test-predictions.json").read_text()))
+    one, two = results["1"], results["2"]
+    assert len(one[1]["golds"]) == 7
+    assert sorted(map(json.dumps, two[1]["golds"])) == sorted(map(json.dumps, one[1]["golds"]))
+    for key in ("test/MAE", "test/RMSE"):  # the loss is a mean over other batches under DDP
+        assert two[0][key] == pytest.approx(one[0][key], abs=1e-12), key

@@ -60,7 +60,7 @@ def test_modes_split_and_name_runs():
 
 @pytest.mark.parametrize("mode, extra, run", [
     ("pplug", [], "LaMP_3-pplug"),
-    ("pplug+ipa", ["--data.k", "2"], "LaMP_3-pplug+ipa-bm25-k2"),
+    ("pplug+ipa", ["--data.k", "2", "--data.group_by_length", "all"], "LaMP_3-pplug+ipa-bm25-k2"),
     ("pplug+fid", ["--data.k", "2", "--data.history_dropout", "0.5"], "LaMP_3-pplug+fid-bm25-k2"),
 ])
 def test_each_pplug_mode_fits_tests_and_predicts_through_the_cli(setup_dir, mode, extra, run):

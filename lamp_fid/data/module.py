@@ -338,8 +338,7 @@ class LaMPDataModule(LightningDataModule):
         if not self.uses_pplug:
             return dataset
         h = self.hparams
-        ids = [ex.id for ex in store]
-        queries = tokenize_queries(store, self.user_tokenizer, h.query_instruction, h.query_max_length)
+        ids, queries = tokenize_queries(store, self.user_tokenizer, h.query_instruction, h.query_max_length)
         return PPlugDataset(dataset, ids, queries, self._history(store), h.history_max_items,
                             source=str(getattr(store, "questions_path", "<questions>")))
 

@@ -195,7 +195,7 @@ def test_the_export_loads_back_without_pickle(setup_dir):
     from lamp_fid.pplug import load_persona_plug
 
     root, data, model, bert = setup_dir
-    ckpt = _frozen_lm_fit(root, data, model, bert, "export", "--data.history_max_items", "3")
+    _frozen_lm_fit(root, data, model, bert, "export", "--data.history_max_items", "3")
     export = root / "runs" / "export" / "hf_best"
     best = json.loads((root / "runs" / "export" / "results.json").read_text())["best_checkpoint"]
     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
@@ -206,7 +206,6 @@ def test_the_export_loads_back_without_pickle(setup_dir):
             assert torch.equal(value, state[f"user.{key}"]), key
     meta = json.loads((export / "persona_plug.json").read_text())
     assert meta["mode"] == "pplug" and meta["pooling"] == "cls" and meta["n_soft"] == 2
-    del ckpt
 
 
 def test_a_pplug_fit_resumes(setup_dir):

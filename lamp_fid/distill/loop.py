@@ -261,11 +261,15 @@ def _claim(loop_dir: Path, settings: dict, overwrite: bool) -> None:
     path = loop_dir / SETTINGS_FILE
     old = _read_json(path) if path.exists() else None
     ours = [p for p in loop_dir.glob("round*") if p.is_dir()] + [loop_dir / n for n in RESULTS]
-    if old is not None and old != settings or old is None and any(p.exists() for p in ours):
-        changed = sorted(k for k in settings if not isinstance(old, dict) or old.get(k) != settings[k])
+    if old is None and (path.exists() or any(p.exists() for p in ours)):
+        # never delete what this command may not have written
+        raise LaMPError(f"{loop_dir}: holds round folders or results but no readable {SETTINGS_FILE}, so it "
+                        "is not a distill-loop folder (or a damaged one): choose another --loop_dir")
+    if old is not None and old != settings:
+        changed = sorted(k for k in settings if old.get(k) != settings[k])
         if not overwrite:
-            raise LaMPError(f"{loop_dir}: holds a loop with other settings ({', '.join(changed) or 'none recorded'}"
-                            " changed); pass --overwrite true to start it afresh, or choose another --loop_dir")
+            raise LaMPError(f"{loop_dir}: holds a loop with other settings ({', '.join(changed)} changed); "
+                            "pass --overwrite true to start it afresh, or choose another --loop_dir")
         print(f"{loop_dir}: starting afresh ({', '.join(changed)} changed)", flush=True)
         for p in ours:
             if p.is_dir():
@@ -376,7 +380,8 @@ def distill_loop(
     for r in range(rounds + 1):
         rdir = round_dir(loop_dir, r)
         record = _read_json(rdir / ROUND_FILE)
-        if record is not None and record.get("round") == r:
+        # a round that was the last one of a shorter loop has no encoder yet: it goes on from there
+        if record is not None and record.get("round") == r and (r == rounds or record.get("distilled")):
             print(f"round {r}: done", flush=True)
         else:
             record = run_round(r, rdir, config, current, encoder, r < rounds, candidates, data, useful,

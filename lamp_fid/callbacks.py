@@ -9,9 +9,11 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from lamp_fid.ckpt_check import inside, load_weights
+from lamp_fid.distill.collect import scores_path
+from lamp_fid.distill.scores import Scores, write_scores
 from lamp_fid.distributed import gather_objects, merge_rank_outputs
 from lamp_fid.errors import LaMPError
-from lamp_fid.io import atomic_folder, check_folder_target
+from lamp_fid.io import atomic_folder, check_folder_target, check_target
 from lamp_fid.predictions import write_predictions
 from lamp_fid.tasks import get_task
 
@@ -29,6 +31,9 @@ class LaMPPredictionWriter(BasePredictionWriter):
 
     ``predict`` writes what ``predict_step`` returned, gathered from all ranks, each id once, in the
     dataset's order. ``test`` (and ``validate`` when asked) write the module's ``predictions``.
+    With ``--model.passage_scores`` the reader's passage scores ``{question id: {profile item id:
+    score}}`` go beside them, in ``lamp_fid.distill.collect.scores_path(<predictions file>)``
+    (``<name>.scores.json``), with the same ``overwrite``.
     """
 
     def __init__(self, path: str | None = None, on_test: bool = True, on_validate: bool = False,
@@ -51,11 +56,17 @@ class LaMPPredictionWriter(BasePredictionWriter):
         template = self.path or str(Path(trainer.log_dir or ".") / "{task}-{stage}-predictions.json")
         return Path(template.format(stage=stage, task=task))
 
-    def _write(self, trainer, pl_module, stage: str, preds: dict[str, str]) -> None:
+    def _write(self, trainer, pl_module, stage: str, preds: dict[str, str],
+               scores: Scores | None = None) -> None:
         path = self.target(trainer, pl_module, stage)
         if trainer.is_global_zero:
+            if scores is not None:  # checked before anything is written: no predictions without them
+                check_target(scores_path(path), overwrite=self.overwrite)
             write_predictions(path, _task_of(trainer, pl_module), preds, overwrite=self.overwrite)
             log.info("wrote %d %s predictions to %s", len(preds), stage, path)
+            if scores is not None:
+                write_scores(scores_path(path), scores, overwrite=self.overwrite)
+                log.info("wrote the passage scores of %d questions to %s", len(scores), scores_path(path))
         self.written[stage] = path
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
@@ -74,15 +85,17 @@ class LaMPPredictionWriter(BasePredictionWriter):
                 preds.setdefault(rid, text)  # DistributedSampler pads the last shard with repeats
         else:  # no sampler indices: ranks hold interleaved shards of the dataset
             preds = merge_rank_outputs([[(r[2], r[3]) for r in rank] for rank in per_rank])
-        self._write(trainer, pl_module, "predict", preds)
+        gather = getattr(pl_module, "gather_item_scores", None)  # collective: every rank calls it
+        self._write(trainer, pl_module, "predict", preds, gather(order=list(preds)) if gather else None)
 
     def on_test_end(self, trainer, pl_module) -> None:
         if self.on_test:
-            self._write(trainer, pl_module, "test", pl_module.predictions)
+            self._write(trainer, pl_module, "test", pl_module.predictions, getattr(pl_module, "item_scores", None))
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if self.on_validate and trainer.state.fn == "validate":
-            self._write(trainer, pl_module, "validate", pl_module.predictions)
+            self._write(trainer, pl_module, "validate", pl_module.predictions,
+                        getattr(pl_module, "item_scores", None))
 
 
 class HFExport(Callback):

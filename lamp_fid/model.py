@@ -17,6 +17,9 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
+from lamp_fid.distill.collect import (STAGE_SPLIT, PassageScores, check_mode, items_of_batch, split_has_outputs,
+                                      stage_split)
+from lamp_fid.distill.scores import Scores, passage_scores as reader_passage_scores, scores_by_item
 from lamp_fid.distributed import gather_objects, merge_rank_outputs
 from lamp_fid.errors import LaMPError
 from lamp_fid.metrics import score
@@ -51,6 +54,7 @@ class FiDModule(LightningModule):
         gradient_checkpointing: bool = False,
         decoding: Literal["generate", "labels"] = "generate",
         skip_empty_passages: bool = True,
+        passage_scores: PassageScores = "none",
     ):
         """
         Args:
@@ -69,6 +73,11 @@ class FiDModule(LightningModule):
                 fewer than k items). Exact: the decoder never attends to those passages, and outputs
                 and losses are bit-identical in eval (benchmarks/RESULTS.md); in training only the
                 dropout draws differ. False encodes every passage.
+            passage_scores: validate/test/predict also score every passage by the reader's cross-attention
+                (docs/distill.md): fid (first decoded token, pre-softmax, Izacard & Grave) or atlas
+                (value-norm weighted attention of the gold target; needs outputs), written as
+                {question id: {profile item id: score}} beside the predictions; needs --data.mode fid.
+                Predictions are unchanged; none (default) scores nothing. Not collected during fit.
         """
         super().__init__()
         # The optimizer is a callable from the CLI (saved in the run's config.yaml): not a plain value.
@@ -95,8 +104,17 @@ class FiDModule(LightningModule):
             else:
                 self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         self.predictions: dict[str, str] = {}  # id -> decoded output of the last validate/test epoch
-        self._step_outputs: list[tuple[str, tuple[str, str | None]]] = []  # (id, (output, gold))
+        # (id, (output, gold, {item id: passage score} or None))
+        self._step_outputs: list[tuple[str, tuple[str, str | None, dict[str, float] | None]]] = []
         self._label_ids: list[torch.Tensor] | None = None
+        if passage_scores not in ("none", "fid", "atlas"):
+            raise LaMPError(f"passage_scores must be none, fid or atlas, got {passage_scores!r}")
+        #: {question id: {profile item id: score}} of the last validate/test/predict epoch (passage_scores)
+        self.item_scores: Scores | None = None
+        #: {question id: [profile item id or None per passage]} of the evaluated split; setup() fills it
+        #: from the LaMPDataModule (set it yourself for other data)
+        self.passage_items: dict[str, list[str | None]] | None = None
+        self._score_rows: list[tuple[str, dict[str, float]]] = []  # predict: (id, scores) of this rank
 
     @staticmethod
     def _load(path: str):
@@ -180,9 +198,10 @@ class FiDModule(LightningModule):
                               use_cache=False).loss
             self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, prog_bar=True,
                      batch_size=len(batch["ids"]))
+        scores = self._passage_scores(batch, encoded, mask)
         preds = self.decode(encoded, mask)
         golds = batch.get("targets") or [None] * len(preds)
-        self._step_outputs.extend(zip(batch["ids"], zip(preds, golds)))
+        self._step_outputs.extend(zip(batch["ids"], zip(preds, golds, scores)))
 
     def on_validation_epoch_start(self) -> None:
         self._step_outputs = []
@@ -204,8 +223,9 @@ class FiDModule(LightningModule):
         # are dropped, so every rank holds the same outputs and computes the same metrics.
         merged = merge_rank_outputs(gather_objects(self._step_outputs), order=self._dataset_ids(stage))
         self._step_outputs = []
-        self.predictions = {i: pred for i, (pred, _) in merged.items()}
-        golds = {i: gold for i, (_, gold) in merged.items() if gold is not None}
+        self.predictions = {i: pred for i, (pred, _, _) in merged.items()}
+        self.item_scores = {i: s for i, (_, _, s) in merged.items()} if self._collecting() else None
+        golds = {i: gold for i, (_, gold, _) in merged.items() if gold is not None}
         if golds:
             values = score(self.task, [self.predictions[i] for i in golds], list(golds.values()), ids=list(golds))
             dtype = torch.float32 if self.device.type == "mps" else torch.float64  # MPS has no float64
@@ -226,8 +246,73 @@ class FiDModule(LightningModule):
         self._eval_epoch_end("test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[tuple[str, str]]:
-        """``[(example id, decoded output), ...]`` for the batch."""
-        return list(zip(batch["ids"], self.generate(batch["input_ids"], batch["attention_mask"])))
+        """``[(example id, decoded output), ...]`` for the batch (passage scores are kept aside)."""
+        encoded, mask = self.fuse(batch["input_ids"], batch["attention_mask"])
+        scores = self._passage_scores(batch, encoded, mask)
+        if self._collecting():
+            self._score_rows.extend(zip(batch["ids"], scores))
+        return list(zip(batch["ids"], self.decode(encoded, mask)))
+
+    def on_predict_epoch_start(self) -> None:
+        self._score_rows, self.item_scores = [], None
+
+    def on_predict_epoch_end(self) -> None:
+        if self._collecting() and self.item_scores is None:  # no prediction writer gathered them
+            self.gather_item_scores()
+
+    # --- passage scores (lamp_fid.distill) ----------------------------------------------------
+    def _collecting(self) -> bool:
+        """Whether this epoch scores passages: ``passage_scores`` set and a validate/test/predict run."""
+        trainer = getattr(self, "_trainer", None)
+        fn = getattr(getattr(trainer, "state", None), "fn", None)
+        return self.hparams.passage_scores != "none" and getattr(fn, "value", None) in STAGE_SPLIT
+
+    def setup(self, stage: str) -> None:
+        """With ``passage_scores``: check the data (mode fid; atlas needs outputs) and take the
+        evaluated split's per-passage item ids from the LaMPDataModule (set up before this hook)."""
+        if self.hparams.passage_scores == "none" or stage not in STAGE_SPLIT:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "passage_items"):
+            if self.passage_items is None:
+                raise LaMPError("--model.passage_scores needs each passage's profile item id: use the "
+                                "LaMPDataModule (or set FiDModule.passage_items)")
+            return
+        check_mode(datamodule.hparams.mode)
+        split = stage_split(datamodule, stage)
+        if self.hparams.passage_scores == "atlas" and not split_has_outputs(datamodule.datasets[split]):
+            raise LaMPError(f"--model.passage_scores atlas needs the gold outputs (teacher forcing) and the "
+                            f"{split} split has none: use --model.passage_scores fid, or a split with outputs")
+        self.passage_items = datamodule.passage_items(split)
+
+    def _passage_scores(self, batch: dict, encoded: BaseModelOutput, mask: torch.Tensor
+                        ) -> list[dict[str, float] | None]:
+        """Each example's ``{profile item id: score}`` from the fused states generation reads (None per
+        example when not collecting). Reads only: generation's inputs and RNG are untouched."""
+        ids = batch["ids"]
+        if not self._collecting():
+            return [None] * len(ids)
+        variant, labels = self.hparams.passage_scores, batch.get("labels")
+        if variant == "atlas" and labels is None:
+            raise LaMPError("--model.passage_scores atlas needs the gold outputs (teacher forcing); this "
+                            "split has none: use --model.passage_scores fid")
+        if self.passage_items is None:
+            raise LaMPError("--model.passage_scores needs each passage's profile item id: use the "
+                            "LaMPDataModule (or set FiDModule.passage_items)")
+        scores = reader_passage_scores(self.model, encoded, mask, batch["input_ids"].shape[1], variant, labels)
+        items = items_of_batch(self.passage_items, ids)
+        # one example at a time: an evaluation batch may repeat an example (a padded shard)
+        return [scores_by_item([qid], [row_items], scores[b:b + 1])[qid]
+                for b, (qid, row_items) in enumerate(zip(ids, items))]
+
+    def gather_item_scores(self, order: list[str] | None = None) -> Scores | None:
+        """predict: this epoch's scores from every rank (collective: call on all ranks), each question
+        once, in ``order`` (the predictions' order) when given; also kept as ``item_scores``."""
+        if not self._collecting():
+            return None
+        self.item_scores = merge_rank_outputs(gather_objects(self._score_rows), order=order)
+        self._score_rows = []
+        return self.item_scores
 
     # --- optimization -------------------------------------------------------------------------
     def parameter_groups(self) -> list[dict]:

@@ -289,6 +289,57 @@ class LaMPDataModule(LightningDataModule):
                            max_length=h.max_length, max_target_length=h.max_target_length,
                            cache_dir=h.cache_dir)
 
+    def passage_items(self, split: str) -> dict[str, list[str | None]]:
+        """``{question id: [profile item id or None, one per passage]}`` of a set-up split, in the
+        order the model reads the passages (what ``--model.passage_scores`` maps its scores to).
+
+        The ids come from the cached rankings (the top k, as the passages were built) through
+        :func:`lamp_fid.distill.scores.passage_item_ids`. None marks a passage that holds no item: the
+        separate layout's input passage, the bare input of an empty profile, and, in the official
+        layout, an item passage whose tokens are exactly the bare input's (the official budget fell back
+        to the bare input, or the item's text landed past ``max_length``). Needs mode fid.
+        """
+        from lamp_fid.distill.collect import check_mode
+        from lamp_fid.distill.scores import passage_item_ids
+
+        h = self.hparams
+        check_mode(h.mode)
+        dataset = self.datasets.get(split)
+        if dataset is None:
+            raise LaMPError(f"passage items: the {split} split is not set up (call setup first)")
+        store = self._store(split)
+        rankings = self._rankings(store)
+        out: dict[str, list[str | None]] = {}
+        chunk: list[tuple[int, object]] = []
+
+        def flush() -> None:
+            bare = self.tokenizer([ex.input for _, ex in chunk], max_length=h.max_length,
+                                  truncation=True)["input_ids"]
+            for (i, ex), input_ids in zip(chunk, bare):
+                positions = [] if rankings is None else rankings[ex.id][: h.k]
+                ids = passage_item_ids([ex.profile[int(p)] for p in positions], h.mode, h.layout)
+                row = dataset[i]
+                passages = row["passages"]
+                if row["id"] != ex.id or len(passages) != len(ids):
+                    raise LaMPError(f"passage items: question {ex.id!r}: the {split} dataset's example {i} "
+                                    f"({row['id']!r}, {len(passages)} passages) does not match its "
+                                    f"{len(ids)} item ids")
+                if h.layout == "official" and any(item is not None for item in ids):
+                    if isinstance(passages[0], str):
+                        passages = self.tokenizer(passages, max_length=h.max_length,
+                                                  truncation=True)["input_ids"]
+                    ids = [None if list(p) == input_ids else item for item, p in zip(ids, passages)]
+                out[ex.id] = ids
+            chunk.clear()
+
+        for i, ex in enumerate(store):
+            chunk.append((i, ex))
+            if len(chunk) == 256:
+                flush()
+        if chunk:
+            flush()
+        return out
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         """Training: a ``ResumableLoader`` whose order depends only on the seed and the epoch (and the
         rank under DDP), restored mid-epoch on resume. Evaluation: dataset order, or sorted by length

@@ -11,6 +11,7 @@ from lamp_fid.data import demo_words as dw
 from lamp_fid.data.demo import build_tokenizer
 from lamp_fid.data.paths import split_paths
 from lamp_fid.data.store import LaMPStore
+from lamp_fid.distill.loop import read_useful
 from lamp_fid.distill.quality import mean_recall_at_k
 from lamp_fid.errors import LaMPError
 from lamp_fid.retrieval.rank import get_rankings
@@ -31,7 +32,7 @@ def words_dir(tmp_path_factory) -> Path:
 def read(data_dir: Path, split: str):
     q, o = split_paths(data_dir, "LaMP_2", split)
     return (json.loads(q.read_text(encoding="utf-8")), json.loads(o.read_text(encoding="utf-8")),
-            dw.read_useful(dw.useful_path(data_dir, split)))
+            read_useful(dw.useful_path(data_dir, split)))
 
 
 def content_words(text: str) -> set[str]:
@@ -88,7 +89,7 @@ def test_deterministic_per_seed(tmp_path, words_dir):
 def test_bm25_is_misled_and_an_oracle_finds_everything(words_dir, tmp_path):
     q, o = split_paths(words_dir, "LaMP_2", "dev")
     store = LaMPStore.open("LaMP_2", q, o, cache_dir=tmp_path)
-    useful = dw.read_useful(dw.useful_path(words_dir, "dev"))
+    useful = read_useful(dw.useful_path(words_dir, "dev"))
     bm25 = {ex.id: r.item_ids(ex) for r in [get_rankings(store, "bm25", cache_dir=tmp_path, progress=False)]
             for ex in store}
     rand = {ex.id: r.item_ids(ex) for r in [get_rankings(store, "random", cache_dir=tmp_path, progress=False)]
@@ -120,12 +121,12 @@ def test_read_useful_refuses_bad_files(tmp_path):
     path = tmp_path / "useful.json"
     path.write_text('{"q1": "i1"}')
     with pytest.raises(LaMPError, match=r"useful.json: question 'q1': expected a list"):
-        dw.read_useful(path)
+        read_useful(path)
     path.write_text("[")
     with pytest.raises(LaMPError, match="not a JSON file"):
-        dw.read_useful(path)
+        read_useful(path)
     with pytest.raises(LaMPError, match="cannot read"):
-        dw.read_useful(tmp_path / "missing.json")
+        read_useful(tmp_path / "missing.json")
 
 
 def test_demo_encoder_ranks_through_the_dense_retriever(words_dir, tmp_path):

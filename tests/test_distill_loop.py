@@ -2,6 +2,7 @@
 and results; its slow steps (reader fit, scoring, distillation, quality) replaced by recording fakes.
 The real steps run end to end in test_loop_end_to_end (slow)."""
 
+import functools
 import json
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from lamp_fid.errors import LaMPError
 from lamp_fid.paper import CONFIGS_DIR
 
 CONFIG = CONFIGS_DIR / "demo_lamp2.yaml"
+# the real parser, each (config, overrides) parsed once for this module: it takes seconds
+_read_fit_config = functools.cache(loop.read_fit_config)
 
 
 class Fakes:
@@ -24,6 +27,7 @@ class Fakes:
         self.fail = dict(fail or {})  # step name -> round at which it raises once
         for name in ("fit_reader", "score_split", "distill_encoder", "dev_quality"):
             monkeypatch.setattr(loop, name, getattr(self, name))
+        monkeypatch.setattr(loop, "read_fit_config", _read_fit_config)
 
     def _maybe_fail(self, step: str, r: int) -> None:
         if self.fail.get(step) == r:
@@ -40,7 +44,7 @@ class Fakes:
         return {"metrics": {"val/accuracy": 0.5 + 0.1 * r, "val/f1": 0.4 + 0.1 * r},
                 "best_checkpoint": str(run_dir / "best.ckpt"), "step": 10}
 
-    def score_split(self, run_dir, checkpoint, split, candidates, out, overrides):
+    def score_split(self, run_dir, checkpoint, split, candidates, out, overrides, variant="fid"):
         r = int(run_dir.parent.name.removeprefix("round"))
         self.calls.append(("score", r, split, candidates))
         self._maybe_fail(f"score-{split}", r)
@@ -177,3 +181,49 @@ def test_plot_and_table_without_useful_items(tmp_path, monkeypatch):
     summary = run(tmp_path, rounds=1)
     assert summary["plot"] and Path(summary["plot"]).read_bytes()[:4] == b"\x89PNG"
     assert "recall" not in (tmp_path / "loop" / "results.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def tiny_words(tmp_path_factory) -> dict:
+    """A tiny words-mislead task, word-level tokenizer, tiny T5 and demo encoder."""
+    from lamp_fid.data import demo_words as dw
+    from lamp_fid.data.demo import build_tiny_t5, build_tokenizer
+
+    root = tmp_path_factory.mktemp("words")
+    dw.generate_words_data(root / "LaMP", seed=0, n_train_users=6, n_dev_users=3, train_questions_per_user=2,
+                           dev_questions_per_user=2, profile_size=(4, 6))
+    build_tokenizer(root / "LaMP", root / "t5")
+    build_tiny_t5(root / "t5", root / "t5", d_model=16, d_ff=32, num_layers=1, num_heads=2)
+    dw.build_demo_encoder(root / "t5", root / "enc", hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=32)
+    return {"root": root, "useful": dw.useful_path(root / "LaMP", "dev")}
+
+
+@pytest.mark.slow
+def test_loop_end_to_end(tiny_words, tmp_path):
+    """One distillation round through the real steps: fit, predict with passage scores, distill, re-rank,
+    fit again; a second call does nothing."""
+    root = tiny_words["root"]
+    overrides = [f"--data.data_dir={root / 'LaMP'}", f"--data.cache_dir={tmp_path / 'cache'}",
+                 f"--model.model_name_or_path={root / 't5'}", "--trainer.max_steps=2",
+                 "--trainer.val_check_interval=2", "--data.batch_size=4", "--data.eval_batch_size=8",
+                 "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false"]
+    args = dict(fit_config=CONFIG, loop_dir=tmp_path / "loop", rounds=1, encoder=str(root / "enc"), candidates=5,
+                useful_items=tiny_words["useful"], steps=2, batch_size=4, eval_every=1, overrides=overrides)
+    summary = loop.distill_loop(**args)
+    r0, r1 = summary["rounds"]
+    assert (r0["retriever"], r1["retriever"]) == ("bm25", "dense")
+    assert r1["encoder"] == str(tmp_path / "loop" / "round0" / "encoder")
+    assert r0["distilled"]["base_encoder"] == str(root / "enc") and r1["distilled"] is None
+    for r in (r0, r1):
+        assert "val/accuracy" in r["metrics"] and 0 <= r["ndcg_dev"] <= 1 + 1e-9 and 0 <= r["recall@4"] <= 1
+    scores = json.loads((tmp_path / "loop" / "round0" / "scores-train.json").read_text())
+    assert len(scores) == 12 and all(2 <= len(items) <= 5 for items in scores.values())
+    assert not (tmp_path / "loop" / "round1" / "scores-train.json").exists()
+    # the distilled encoder ranks: round 1's rankings come from it
+    assert (tmp_path / "loop" / "round0" / "encoder" / "config.json").exists()
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "loop").rglob("*") if p.is_file()}
+    again = loop.distill_loop(**args)
+    assert again["rounds"] == summary["rounds"]
+    changed = [p for p in (tmp_path / "loop").rglob("*") if p.is_file() and p.stat().st_mtime_ns != mtimes.get(p)]
+    assert all(p.name.startswith("results.") for p in changed)

@@ -24,7 +24,6 @@ distillation demo trains it from the reader's scores.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import random
 from pathlib import Path
 
@@ -156,24 +155,6 @@ def generate_words_data(data_dir: Path, seed: int = 0, n_train_users: int = 200,
         _write_json(useful_path(data_dir, split), useful)
         written += [q_path, o_path, useful_path(data_dir, split)]
     return written
-
-
-def read_useful(path: str | Path) -> dict[str, list[str]]:
-    """Read a ``useful_items.json``: ``{question id: [profile item ids]}``; a fault is one ``LaMPError``
-    naming the file (and the question)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise LaMPError(f"cannot read {path}: {err.strerror or err}") from None
-    except (ValueError, UnicodeDecodeError) as err:
-        raise LaMPError(f"{path}: not a JSON file of useful items ({err})") from None
-    if not isinstance(data, dict):
-        raise LaMPError(f"{path}: expected an object {{question id: [item ids]}}, got a {type(data).__name__}")
-    for qid, items in data.items():
-        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise LaMPError(f"{path}: question {qid!r}: expected a list of item ids")
-    return data
 
 
 # --- the demo's dense encoder ---------------------------------------------------------------------

@@ -8,7 +8,7 @@ round r:
    in this process, through the same Lightning CLI code path ``tune`` uses, into
    ``<loop_dir>/round<r>/reader``;
 2. **scores**: the best checkpoint predicts the dev questions (and, unless it is the last round, the
-   train questions) with ``k = candidates`` and ``--model.passage_scores fid``: the reader's score of each
+   train questions) with ``k = candidates`` and ``--model.passage_scores <--scores>``: the reader's score of each
    of the current retriever's top-n items, ``round<r>/scores-{train,dev}.json``;
 3. **quality** on dev: the reader's dev metric, the nDCG of the retriever's ranking against the reader's
    dev scores (:func:`lamp_fid.distill.quality.mean_ndcg`) and, with ``--useful_items``, recall@k of the
@@ -76,6 +76,34 @@ def _write_json(path: Path, data: dict) -> None:
     atomic_write(path, json.dumps(data, indent=2) + "\n", overwrite=True)
 
 
+def read_fit_config(config: Path, overrides: tuple[str, ...]):
+    """The config ``lamp-fid fit --config <config> <overrides>`` runs with (``lamp_fid.train.fit_config``)."""
+    from lamp_fid.train import fit_config
+
+    try:
+        return fit_config(["--config", str(config), *overrides])
+    except LaMPError as err:
+        raise LaMPError(f"{config}{' with the overrides' if overrides else ''}: {err}") from None
+
+
+def read_useful(path: str | Path) -> dict[str, list[str]]:
+    """Read a ``useful_items.json``: ``{question id: [profile item ids]}``; a fault is one ``LaMPError``
+    naming the file (and the question)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise LaMPError(f"cannot read {path}: {err.strerror or err}") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise LaMPError(f"{path}: not a JSON file of useful items ({err})") from None
+    if not isinstance(data, dict):
+        raise LaMPError(f"{path}: expected an object {{question id: [item ids]}}, got a {type(data).__name__}")
+    for qid, items in data.items():
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise LaMPError(f"{path}: question {qid!r}: expected a list of item ids")
+    return data
+
+
 def round_dir(loop_dir: Path, r: int) -> Path:
     """``<loop_dir>/round<r>``."""
     return Path(loop_dir) / f"round{r}"
@@ -119,18 +147,19 @@ def fit_reader(fit_config: Path, run_dir: Path, retriever: str, encoder: str, ov
 
 
 def score_split(run_dir: Path, checkpoint: str, split: str, candidates: int, out: Path,
-                overrides: list[str]) -> None:
-    """The reader's passage scores of the ``split`` questions over the current retriever's top
-    ``candidates`` items, through ``lamp-fid predict --model.passage_scores fid``; copied to ``out``."""
+                overrides: list[str], variant: str = "fid") -> None:
+    """The reader's passage scores (``variant`` fid or atlas) of the ``split`` questions over the current
+    retriever's top ``candidates`` items, through ``lamp-fid predict --model.passage_scores``; copied to
+    ``out``."""
     from lamp_fid import train
     from lamp_fid.callbacks import LaMPPredictionWriter
     from lamp_fid.distill.scores import read_scores, write_scores
-    from lamp_fid.model import scores_path
+    from lamp_fid.distill.collect import scores_path
     from lamp_fid.tune import _release_memory
 
     args = ["predict", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(checkpoint),
-            "--data.predict_split", split, "--data.k", str(candidates), "--model.passage_scores", "fid",
-            *overrides]
+            "--data.predict_split", split, "--data.k", str(candidates), "--model.passage_scores", variant,
+            "--run_name", run_dir.name, "--runs_dir", str(run_dir.parent), *overrides]
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
@@ -234,14 +263,15 @@ def _plot(rounds: list[dict], monitor: str, recall_key: str | None, path: Path) 
     return True
 
 
-def write_results(loop_dir: Path, rounds: list[dict], settings: dict) -> dict:
-    """``results.json``, ``results.md`` and (with matplotlib) ``results.png`` of the finished rounds."""
+def write_results(loop_dir: Path, rounds: list[dict], settings: dict, plot: bool = True) -> dict:
+    """``results.json``, ``results.md`` and (with ``plot`` and matplotlib) ``results.png`` of the finished
+    rounds."""
     from lamp_fid.tasks import get_task
 
     task = get_task(settings["task"])
     recall_key = f"recall@{settings['recall_k']}" if settings["useful_items"] else None
     table = _table(rounds, task.monitor, recall_key)
-    plotted = _plot(rounds, task.monitor, recall_key, loop_dir / RESULTS[2]) if rounds else False
+    plotted = _plot(rounds, task.monitor, recall_key, loop_dir / RESULTS[2]) if rounds and plot else False
     summary = {"task": task.name, "monitor": f"val/{task.monitor}", "settings": settings, "rounds": rounds,
                "plot": str(loop_dir / RESULTS[2]) if plotted else None}
     _write_json(loop_dir / RESULTS[0], summary)
@@ -276,7 +306,8 @@ def _claim(loop_dir: Path, settings: dict, overwrite: bool) -> None:
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
-    _write_json(path, settings)
+    if old != settings:
+        _write_json(path, settings)
 
 
 def distill_loop(
@@ -286,6 +317,7 @@ def distill_loop(
     retriever: Literal["bm25", "dense"] = "bm25",
     encoder: str = "facebook/contriever",
     candidates: int = 16,
+    scores: Literal["fid", "atlas"] = "fid",
     useful_items: Path | None = None,
     recall_k: int = 4,
     steps: int = 1000,
@@ -314,6 +346,9 @@ def distill_loop(
             also round 0's retriever when --retriever dense.
         candidates: n, the retriever's top-n items the reader scores per question (FiD runs with k = n
             for scoring) and the encoder is distilled over.
+        scores: the reader's passage scores: fid (first decoded token's pre-softmax cross-attention,
+            Izacard & Grave) or atlas (value-norm weighted attention of the teacher-forced gold output;
+            needs the train and dev outputs).
         useful_items: JSON {dev question id: [profile item ids]} of items known to carry the signal
             (generated data): recall@k of them is reported per round.
         recall_k: k of that recall.
@@ -329,11 +364,9 @@ def distill_loop(
             '["--trainer.max_steps=300"]'.
         overwrite: start afresh in a loop folder that holds a loop with other settings.
     """
-    from lamp_fid.data.demo_words import read_useful
     from lamp_fid.distill.trainer import DistillSettings
     from lamp_fid.retrieval.dense import encoder_identity
     from lamp_fid.tasks import get_task
-    from lamp_fid.train import fit_config as parse_fit
 
     config, loop_dir, overrides = Path(fit_config), Path(loop_dir), [str(o) for o in overrides]
     if not config.is_file():
@@ -341,6 +374,8 @@ def distill_loop(
     for name, value in (("rounds", rounds), ("candidates", candidates), ("recall_k", recall_k)):
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "rounds" else 1):
             raise LaMPError(f"--{name}: {value!r} must be an integer >= {0 if name == 'rounds' else 1}")
+    if scores not in ("fid", "atlas"):
+        raise LaMPError(f"--scores {scores!r}: use fid or atlas")
     if retriever not in ("bm25", "dense"):
         raise LaMPError(f"--retriever {retriever!r}: round 0 reads with bm25 or dense")
     for arg in overrides:
@@ -351,11 +386,7 @@ def distill_loop(
                                  warmup_ratio=warmup_ratio, temperature=temperature, eval_every=eval_every,
                                  seed=seed)
     settings_d.check()
-    try:
-        cfg = parse_fit(["--config", str(config), *overrides])
-    except LaMPError as err:
-        raise LaMPError(f"{config}{' with the overrides' if overrides else ''}: {err}") from None
-    d = cfg.data
+    d = read_fit_config(config, tuple(overrides)).data
     task = get_task(d.task)
     data = {"task": task.name, "data_dir": str(d.data_dir) if d.data_dir else None, "cache_dir": d.cache_dir,
             "time_split": bool(d.time_split), "use_date": bool(d.use_date), "val_split": d.val_split,
@@ -368,7 +399,7 @@ def distill_loop(
     settings = {"format": FORMAT, "fit_config": str(config), "fit_config_sha256": _sha256(config),
                 "overrides": overrides, "task": task.name, "k": int(d.k), "retriever": retriever,
                 "encoder": encoder, "encoder_identity": encoder_identity(encoder, d.cache_dir),
-                "candidates": candidates, "distill": asdict(settings_d), "recall_k": recall_k,
+                "candidates": candidates, "scores": scores, "distill": asdict(settings_d), "recall_k": recall_k,
                 "useful_items": str(useful_items) if useful_items is not None else None,
                 "useful_items_sha256": _sha256(Path(useful_items)) if useful_items is not None else None}
     loop_dir.mkdir(parents=True, exist_ok=True)
@@ -385,18 +416,20 @@ def distill_loop(
             print(f"round {r}: done", flush=True)
         else:
             record = run_round(r, rdir, config, current, encoder, r < rounds, candidates, data, useful,
-                               recall_k, settings_d, overrides)
+                               recall_k, settings_d, overrides, scores)
         done.append(record)
         if r < rounds:
             current = ("dense", str(rdir / "encoder"))
-        write_results(loop_dir, done, settings)
+        if r < rounds:  # after every round, so a crash loses nothing finished; the plot at the end
+            write_results(loop_dir, done, settings, plot=False)
+    write_results(loop_dir, done, settings)
     print(f"loop folder {loop_dir}: {rounds + 1} round(s); this call took {time.time() - start:.0f} s", flush=True)
     return _read_json(loop_dir / RESULTS[0]) or {}
 
 
 def run_round(r: int, rdir: Path, config: Path, current: tuple[str, str], start_encoder: str, distill: bool,
               candidates: int, data: dict, useful: dict | None, recall_k: int, settings_d,
-              overrides: list[str]) -> dict:
+              overrides: list[str], variant: str = "fid") -> dict:
     """One round from its first unfinished step; writes and returns its ``round.json`` record."""
     t0 = time.time()
     retriever, encoder = current
@@ -410,7 +443,7 @@ def run_round(r: int, rdir: Path, config: Path, current: tuple[str, str], start_
         path = rdir / f"scores-{split}.json"
         if not path.exists():
             print(f"round {r}: scoring the {split} questions' top {candidates} items", flush=True)
-            score_split(rdir / "reader", reader["best_checkpoint"], split, candidates, path, overrides)
+            score_split(rdir / "reader", reader["best_checkpoint"], split, candidates, path, overrides, variant)
         scores[split] = path
     quality = dev_quality(data, retriever, encoder, scores[data["val_split"]], useful, recall_k)
     record = {"round": r, "retriever": retriever, "encoder": encoder if retriever == "dense" else None,

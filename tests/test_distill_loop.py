@@ -227,3 +227,32 @@ def test_loop_end_to_end(tiny_words, tmp_path):
     assert again["rounds"] == summary["rounds"]
     changed = [p for p in (tmp_path / "loop").rglob("*") if p.is_file() and p.stat().st_mtime_ns != mtimes.get(p)]
     assert all(p.name.startswith("results.") for p in changed)
+
+
+TINY_FIT = ["--trainer.max_steps=2", "--trainer.val_check_interval=2", "--data.batch_size=4",
+            "--data.eval_batch_size=8", "--trainer.enable_progress_bar=false"]
+
+
+@pytest.mark.slow
+def test_demo_distill_tiny(tmp_path):
+    """The demo command end to end with tiny step counts: the table, the json and the verdict lines."""
+    from lamp_fid.demo_distill import demo_distill
+
+    result = demo_distill(output_dir=tmp_path / "demo", rounds=1, encoder_steps=2, lamp2=False, users=(6, 3),
+                          overrides=TINY_FIT)
+    assert [r["retriever"] for r in result["words"]] == ["BM25", "untrained encoder", "distilled, round 1"]
+    assert all(0 <= r["recall@4"] <= 1 and 0 <= r["accuracy"] <= 1 for r in result["words"])
+    assert len(result["verdict"]) == 2 and all(v.startswith(("MET", "NOT MET")) for v in result["verdict"])
+    table = (tmp_path / "demo" / "demo_distill.md").read_text()
+    assert "| distilled, round 1 |" in table and "Wall time" in table
+    with pytest.raises(LaMPError, match="demo_distill.md exists"):
+        demo_distill(output_dir=tmp_path / "demo", rounds=1, lamp2=False, users=(6, 3), overrides=TINY_FIT)
+
+
+@pytest.mark.parametrize("kwargs, words", [({"threads": 0}, "--threads"), ({"rounds": 0}, "--rounds")])
+def test_demo_distill_bad_options(tmp_path, kwargs, words):
+    from lamp_fid.demo_distill import demo_distill
+
+    with pytest.raises(LaMPError, match=words):
+        demo_distill(output_dir=tmp_path, **kwargs)
+    assert not any(tmp_path.iterdir())

@@ -177,7 +177,7 @@ def build_demo_encoder(tokenizer_dir: str | Path, out_dir: str | Path, seed: int
                         attention_probs_dropout_prob=0.0, **{**DEMO_ENCODER, **sizes})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = BertModel(config, add_pooling_layer=False)
+        model = BertModel(config)  # with its (unused) pooler, so that AutoModel loads every weight it expects
     out_dir = Path(out_dir)
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))

@@ -111,7 +111,7 @@ def test_no_decoys_no_misleading(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, words", [({"decoy_p": 1.5}, "decoy_p"), ({"profile_size": (5, 2)}, "profile_size"),
-                                           ({"dev_questions_per_user": 100}, "99 questions")])
+                                           ({"dev_questions_per_user": 100}, "99 questions"), ({"tags": "user"}, "tags 'user'")])
 def test_bad_arguments(tmp_path, kwargs, words):
     with pytest.raises(LaMPError, match=words):
         dw.generate_words_data(tmp_path, **{**SMALL, **kwargs})
@@ -140,3 +140,22 @@ def test_demo_encoder_ranks_through_the_dense_retriever(words_dir, tmp_path):
     rankings = get_rankings(store, "dense", cache_dir=tmp_path, encoder=str(enc), progress=False)
     ex = next(iter(store))
     assert sorted(rankings.item_ids(ex)) == sorted(i["id"] for i in ex.profile)
+
+
+def test_any_tags_do_not_tell_the_theme(tmp_path):
+    """tags=any: a user's personal tags are any of the 15, one per theme, different across themes; the
+    gold is the user's tag of the question's theme (90 %), which the useful items carry."""
+    dw.generate_words_data(tmp_path / "LaMP", seed=0, tags="any", **SMALL)
+    questions, outputs, useful = read(tmp_path / "LaMP", "train")
+    carried = 0
+    for q, gold in zip(questions, outputs["golds"]):
+        tags = {i["id"]: i["tag"] for i in q["profile"]}
+        useful_tags = [tags[i] for i in useful[q["id"]]]
+        other_tags = [t for i, t in tags.items() if i not in useful[q["id"]]]
+        carried += gold["output"] in useful_tags
+        # the majority tag of the useful items is not the majority of the others
+        top = max(set(useful_tags), key=useful_tags.count)
+        assert not other_tags or top != max(set(other_tags), key=other_tags.count)
+    assert carried / len(questions) > 0.85
+    labels = {g["output"] for g in outputs["golds"]}
+    assert len(labels) == 15  # every tag is used, whatever the theme

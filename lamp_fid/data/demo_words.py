@@ -12,6 +12,11 @@ in the cycle. For a question of theme t, BM25 (word overlap) therefore prefers t
 another theme, whose tags are of the wrong theme; only a retriever that learned that the two
 vocabularies of a theme mean the same thing finds the useful items.
 
+Tags (``tags``): ``theme`` (as the demo's LaMP_2: each user's personal tag of a theme is one of that
+theme's three) or ``any`` (one of all 15 tags, a different one per theme of the user): then a tag says
+nothing about its theme, and a reader can only answer by finding the items of the question's theme by
+their content, so that its attention, the score distilled into the retriever, has to pick them.
+
 The generator knows which items carry the signal: a question's **useful items** are the user's profile
 items of the question's theme. They are written to ``useful_items.json`` (``{question id: [item ids]}``)
 next to each split's files, for recall@k.
@@ -87,17 +92,28 @@ def _item(rng: random.Random, theme: int, decoy: int | None, decoy_p: float) -> 
     return _text(rng, words)
 
 
-def _tag(rng: random.Random, habits: dict[int, str], theme: int) -> str:
-    return habits[theme] if rng.random() < _HABIT_P else rng.choice(_THEMES[theme][0])
+def _tag(rng: random.Random, habits: dict[int, str], theme: int, tags: str) -> str:
+    if rng.random() < _HABIT_P:
+        return habits[theme]
+    return rng.choice(_THEMES[theme][0] if tags == "theme" else get_task(TASK).labels)
+
+
+def _user(rng: random.Random, tags: str) -> dict[int, str]:
+    """Theme -> the user's personal tag: one of the theme's three (``theme``), or any of the 15, a
+    different one per theme (``any``: the tag then tells nothing about the theme)."""
+    habits = _tagging_user(rng)
+    if tags == "any":
+        habits = dict(zip(habits, rng.sample(get_task(TASK).labels, len(habits))))
+    return habits
 
 
 def _split(rng: random.Random, users: range, per_user: int, profile_size: tuple[int, int],
-           decoy_p: float) -> tuple[list, list, dict]:
+           decoy_p: float, tags: str) -> tuple[list, list, dict]:
     template, task = INSTRUCTIONS[TASK], get_task(TASK)
     labels = ", ".join(task.labels)
     questions, golds, useful = [], [], {}
     for u in users:
-        habits = _tagging_user(rng)
+        habits = _user(rng, tags)
         cycle = sorted(habits)
         rng.shuffle(cycle)
         decoy_of = {t: cycle[(i + 1) % len(cycle)] for i, t in enumerate(cycle)}  # never t itself
@@ -111,13 +127,13 @@ def _split(rng: random.Random, users: range, per_user: int, profile_size: tuple[
             item_id = f"{task.number}{u:05d}{j:03d}"
             theme_of[item_id] = theme
             profile.append({"id": item_id, "description": _item(rng, theme, decoy_of[theme], decoy_p),
-                            "tag": _tag(rng, habits, theme), "date": _dt.date.fromordinal(day).isoformat()})
+                            "tag": _tag(rng, habits, theme, tags), "date": _dt.date.fromordinal(day).isoformat()})
         for q in range(per_user):
             theme = rng.choice(cycle)
             qid = f"{task.number}{u:05d}{q:02d}"
             questions.append({"id": qid, "input": template.format(labels=labels, text=_question(rng, theme)),
                               "profile": profile})
-            golds.append({"id": qid, "output": _tag(rng, habits, theme)})
+            golds.append({"id": qid, "output": _tag(rng, habits, theme, tags)})
             useful[qid] = [i for i, t in theme_of.items() if t == theme]
     return questions, golds, useful
 
@@ -129,15 +145,19 @@ def useful_path(data_dir: Path, split: str) -> Path:
 
 def generate_words_data(data_dir: Path, seed: int = 0, n_train_users: int = 200, n_dev_users: int = 50,
                         train_questions_per_user: int = 15, dev_questions_per_user: int = 8,
-                        profile_size: tuple[int, int] = (10, 30), decoy_p: float = DECOY_P) -> list[Path]:
+                        profile_size: tuple[int, int] = (10, 30), decoy_p: float = DECOY_P,
+                        tags: str = "theme") -> list[Path]:
     """Write the train and dev files of the words-mislead task (LaMP_2 format) under ``data_dir`` (the
     LaMP root: ``<data_dir>/LaMP_2/new/<split>/``), each split with its ``useful_items.json``.
 
     Users ``0..n_train_users-1`` are train users, the next ``n_dev_users`` dev users. Deterministic in
-    ``seed`` (and the other arguments). Returns the written paths.
+    ``seed`` (and the other arguments). ``decoy_p``: share of profile items carrying two question words
+    of another theme; ``tags``: theme or any (see the module docstring). Returns the written paths.
     """
     if max(train_questions_per_user, dev_questions_per_user) > 99 or profile_size[1] > 999:
         raise LaMPError("demo ids have room for at most 99 questions and 999 profile items per user")
+    if tags not in ("theme", "any"):
+        raise LaMPError(f"tags {tags!r}: use theme (a theme's own three tags) or any (any of the 15)")
     if not 0 <= decoy_p <= 1:
         raise LaMPError(f"decoy_p must be in [0, 1], got {decoy_p}")
     if not 3 <= profile_size[0] <= profile_size[1]:
@@ -148,7 +168,7 @@ def generate_words_data(data_dir: Path, seed: int = 0, n_train_users: int = 200,
               "dev": (range(n_train_users, n_train_users + n_dev_users), dev_questions_per_user)}
     written = []
     for split, (users, per_user) in splits.items():
-        questions, golds, useful = _split(rng, users, per_user, profile_size, decoy_p)
+        questions, golds, useful = _split(rng, users, per_user, profile_size, decoy_p, tags)
         q_path, o_path = split_paths(Path(data_dir), TASK, split)
         _write_json(q_path, questions)
         _write_json(o_path, {"task": get_task(TASK).official_name, "golds": golds})

@@ -31,14 +31,14 @@ CANDIDATES = 16
 PROFILE = (8, 16)  # with at most 16 items the reader scores every item of a profile
 
 
-def words_material(out: Path, seed: int, users: tuple[int, int] = (200, 50)) -> dict:
+def words_material(out: Path, seed: int, users: tuple[int, int] = (200, 50), tags: str = "theme") -> dict:
     """The words-mislead task, tokenizer, tiny T5 and untrained encoder in ``out`` (skipped when the
     manifest says they are there with the same settings)."""
     from lamp_fid.data.demo import DEMO_MODEL, build_tiny_t5, build_tokenizer
     from lamp_fid.data.demo_words import DEMO_ENCODER, FORMAT_VERSION, build_demo_encoder, generate_words_data, useful_path
 
     settings = {"format_version": FORMAT_VERSION, "seed": seed, "model": DEMO_MODEL, "encoder": DEMO_ENCODER,
-                "profile_size": list(PROFILE), "users": list(users)}
+                "profile_size": list(PROFILE), "users": list(users), "tags": tags}
     paths = {"data_dir": out / "LaMP", "model": out / "tiny-t5", "encoder": out / "encoder"}
     manifest = out / MANIFEST
     try:
@@ -49,7 +49,7 @@ def words_material(out: Path, seed: int, users: tuple[int, int] = (200, 50)) -> 
         if manifest.exists():
             manifest.unlink()  # a half-rebuilt folder must not look finished
         generate_words_data(paths["data_dir"], seed=seed, profile_size=PROFILE, n_train_users=users[0],
-                            n_dev_users=users[1])
+                            n_dev_users=users[1], tags=tags)
         build_tokenizer(paths["data_dir"], paths["model"])
         build_tiny_t5(paths["model"], paths["model"], seed=seed, **DEMO_MODEL)
         build_demo_encoder(paths["model"], paths["encoder"], seed=seed)
@@ -132,7 +132,8 @@ def _plot(words: list[dict], lamp2: list[dict] | None, path: Path) -> bool:
 
 def demo_distill(output_dir: Path = Path("demo_runs/distill"), seed: int = 0, rounds: int = 2,
                  scores: Literal["fid", "atlas"] = "atlas", encoder_steps: int = 300, encoder_lr: float = 1e-3,
-                 temperature: float = 1.0, lamp2: bool = True, users: tuple[int, int] = (200, 50), threads: int = 1,
+                 temperature: float = 1.0, lamp2: bool = True, users: tuple[int, int] = (200, 50),
+                 tags: Literal["theme", "any"] = "theme", threads: int = 1,
                  overrides: list[str] = [], overwrite: bool = False) -> dict:  # noqa: B006
     """Offline demo of reader -> retriever distillation: BM25, the untrained encoder and the distilled
     one on a task where words mislead BM25 (and on the demo's LaMP_2, where they do not).
@@ -149,6 +150,8 @@ def demo_distill(output_dir: Path = Path("demo_runs/distill"), seed: int = 0, ro
         temperature: reader scores are divided by it before the softmax.
         lamp2: also run BM25 vs one distillation round on the demo's LaMP_2 data.
         users: train and dev users of the words task (15 and 8 questions each).
+        tags: the words task's personal tags: theme (one of the theme's three) or any (any of the 15,
+            so that only the items' content tells which are useful).
         threads: torch threads (1 is fastest on a busy 2-core machine, see lamp-fid demo --help).
         overrides: extra `lamp-fid fit` options for every reader, e.g. ["--trainer.max_steps=100"].
         overwrite: replace an existing demo table and restart loops made with other settings.
@@ -175,7 +178,7 @@ def demo_distill(output_dir: Path = Path("demo_runs/distill"), seed: int = 0, ro
     start, times = time.time(), {}
     try:
         t = time.time()
-        words = words_material(output_dir / "words", seed, tuple(users))
+        words = words_material(output_dir / "words", seed, tuple(users), tags)
         args = {**encoder_args, "fit_config": config, "useful_items": words["useful"],
                 "overrides": _overrides(words, output_dir / "words" / "cache", seed, list(map(str, overrides)))}
         loop = distill_loop(loop_dir=output_dir / "words" / "loop", rounds=rounds, retriever="bm25",

@@ -328,7 +328,8 @@ class LaMPDataModule(LightningDataModule):
                     if isinstance(passages[0], str):
                         passages = self.tokenizer(passages, max_length=h.max_length,
                                                   truncation=True)["input_ids"]
-                    ids = [None if list(p) == input_ids else item for item, p in zip(ids, passages)]
+                    ids = [None if len(p) == len(input_ids) and list(p) == input_ids else item
+                           for item, p in zip(ids, passages)]
                 out[ex.id] = ids
             chunk.clear()
 

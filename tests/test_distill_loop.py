@@ -256,3 +256,15 @@ def test_demo_distill_bad_options(tmp_path, kwargs, words):
     with pytest.raises(LaMPError, match=words):
         demo_distill(output_dir=tmp_path, **kwargs)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_changed_start_encoder_folder_is_another_loop(tmp_path, monkeypatch):
+    Fakes(monkeypatch)
+    enc = tmp_path / "enc"
+    enc.mkdir()
+    (enc / "config.json").write_text('{"a": 1}')
+    run(tmp_path, rounds=0, encoder=str(enc))
+    run(tmp_path, rounds=0, encoder=str(enc))  # same content: the same loop
+    (enc / "config.json").write_text('{"a": 2}')
+    with pytest.raises(LaMPError, match=r"other settings \(encoder_identity changed\)"):
+        run(tmp_path, rounds=0, encoder=str(enc))

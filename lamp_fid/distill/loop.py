@@ -398,7 +398,10 @@ def distill_loop(
     useful = read_useful(useful_items) if useful_items is not None else None
     settings = {"format": FORMAT, "fit_config": str(config), "fit_config_sha256": _sha256(config),
                 "overrides": overrides, "task": task.name, "k": int(d.k), "retriever": retriever,
-                "encoder": encoder, "encoder_identity": encoder_identity(encoder, d.cache_dir),
+                "encoder": encoder,
+                # a local folder by its files' digests; a hub name by its name (its snapshot appears in
+                # the HF cache once round 0 downloads it, which must not look like another encoder)
+                "encoder_identity": encoder_identity(encoder, d.cache_dir) if Path(encoder).is_dir() else None,
                 "candidates": candidates, "scores": scores, "distill": asdict(settings_d), "recall_k": recall_k,
                 "useful_items": str(useful_items) if useful_items is not None else None,
                 "useful_items_sha256": _sha256(Path(useful_items)) if useful_items is not None else None}

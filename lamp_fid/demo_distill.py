@@ -135,8 +135,9 @@ def demo_distill(output_dir: Path = Path("demo_runs/distill"), seed: int = 0, ro
                  temperature: float = 1.0, lamp2: bool = True, users: tuple[int, int] = (200, 50),
                  tags: Literal["theme", "any"] = "theme", threads: int = 1,
                  overrides: list[str] = [], overwrite: bool = False) -> dict:  # noqa: B006
-    """Offline demo of reader -> retriever distillation: BM25, the untrained encoder and the distilled
-    one on a task where words mislead BM25 (and on the demo's LaMP_2, where they do not).
+    """Offline demo: BM25 vs the untrained and the distilled encoder where words mislead BM25.
+
+    Also one round on the demo's LaMP_2 data, where they do not (see docs/distill.md#demo).
 
     Args:
         output_dir: folder of the demo: words/ (the generated task, model, encoder, loops), lamp2/ (the

@@ -331,8 +331,10 @@ def distill_loop(
     overrides: list[str] = [],  # noqa: B006 (read only)
     overwrite: bool = False,
 ) -> dict:
-    """The iterative reader -> retriever loop: fit the FiD reader, score the candidates, distill the
-    encoder, re-rank, repeat; every round's dev quality in <loop_dir>/results.json (restartable).
+    """Iterate FiD reader -> passage scores -> distilled encoder -> re-rank, N rounds (restartable).
+
+    Every round's dev metric, nDCG against the reader and recall of useful items go to
+    <loop_dir>/results.json, results.md and results.png (see docs/distill.md#loop).
 
     Args:
         fit_config: `lamp-fid fit` config of the reader (mode fid; its k is the reader's k), e.g.

@@ -26,23 +26,13 @@ import torch
 
 from lamp_fid.data.demo_words import useful_path
 from lamp_fid.data.store import LaMPStore
-from lamp_fid.distill.loop import read_useful
+from lamp_fid.distill.loop import read_useful, reader_order
 from lamp_fid.distill.quality import mean_recall_at_k
 from lamp_fid.distill.scores import read_scores
 from lamp_fid.distill.trainer import DistillSettings, load_encoder, questions_from_scores, train_encoder
 from lamp_fid.retrieval.rank import get_rankings
 
 K = 4
-
-
-def reader_order(scores: dict, ranked: dict) -> dict:
-    """Each question's scored items by the reader's score (best first), then the unscored ones in the
-    retriever's order."""
-    out = {}
-    for qid, items in ranked.items():
-        s = scores.get(qid, {})
-        out[qid] = sorted(s, key=lambda i: -s[i]) + [i for i in items if i not in s]
-    return out
 
 
 def main() -> None:

@@ -175,6 +175,12 @@ def test_bad_options_are_one_line(tmp_path, monkeypatch, kwargs, words):
     assert fakes.calls == []
 
 
+def test_reader_order_puts_scored_items_first_by_score():
+    ranked = {"q": ["a", "b", "c", "d"]}
+    assert loop.reader_order({"q": {"b": 0.1, "c": 2.0}}, ranked) == {"q": ["c", "b", "a", "d"]}
+    assert loop.reader_order({}, ranked) == ranked
+
+
 def test_plot_and_table_without_useful_items(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     Fakes(monkeypatch)
@@ -217,6 +223,7 @@ def test_loop_end_to_end(tiny_words, tmp_path):
     assert r0["distilled"]["base_encoder"] == str(root / "enc") and r1["distilled"] is None
     for r in (r0, r1):
         assert "val/accuracy" in r["metrics"] and 0 <= r["ndcg_dev"] <= 1 + 1e-9 and 0 <= r["recall@4"] <= 1
+        assert 0 <= r["reader_recall@4"] <= 1
     scores = json.loads((tmp_path / "loop" / "round0" / "scores-train.json").read_text())
     assert len(scores) == 12 and all(2 <= len(items) <= 5 for items in scores.values())
     assert not (tmp_path / "loop" / "round1" / "scores-train.json").exists()

@@ -12,7 +12,7 @@ round r:
    of the current retriever's top-n items, ``round<r>/scores-{train,dev}.json``;
 3. **quality** on dev: the reader's dev metric, the nDCG of the retriever's ranking against the reader's
    dev scores (:func:`lamp_fid.distill.quality.mean_ndcg`) and, with ``--useful_items``, recall@k of the
-   items known to carry the signal;
+   items known to carry the signal, for the retriever and for the reader's own order of its candidates;
 4. **distill** (all rounds but the last): the encoder is trained towards the train scores (dev scores
    pick the best step) starting from the previous round's encoder (round 0: the starting encoder; the
    retriever keeps its weights from round to round, as FiD's loop does), saved as
@@ -213,12 +213,25 @@ def dev_quality(data: dict, retriever: str, encoder: str, scores: Path, useful: 
     rankings = get_rankings(store, retriever, cache_dir=data["cache_dir"], use_date=data["use_date"],
                             encoder=encoder, progress=False)
     ranked = {ex.id: rankings.item_ids(ex) for ex in store}
-    out = {"ndcg_dev": mean_ndcg(ranked, read_scores(scores))}
+    reader = read_scores(scores)
+    out = {"ndcg_dev": mean_ndcg(ranked, reader)}
     if useful is not None:
         known = {qid: items for qid, items in useful.items() if qid in ranked}
         if not known:
             raise LaMPError("--useful_items names none of the dev questions")
         out[f"recall@{recall_k}"] = mean_recall_at_k(ranked, known, recall_k)
+        # how well the scores the encoder is trained towards find the useful items
+        out[f"reader_recall@{recall_k}"] = mean_recall_at_k(reader_order(reader, ranked), known, recall_k)
+    return out
+
+
+def reader_order(scores: dict, ranked: dict) -> dict:
+    """Each question's scored items by the reader's score (best first), then its unscored items in the
+    retriever's order."""
+    out = {}
+    for qid, items in ranked.items():
+        s = scores.get(qid, {})
+        out[qid] = sorted(s, key=lambda i: -s[i]) + [i for i in items if i not in s]
     return out
 
 

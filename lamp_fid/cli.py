@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("lamp_fid.demo", "demo", "offline demo: personalized FiD vs the non-personalized baseline"),
     "demo-data": ("lamp_fid.data.demo", "demo_data", "generate the offline demo's data, tokenizer and tiny T5"),
     "distill": ("lamp_fid.distill.command", "distill", "train a dense retriever towards the FiD reader's passage scores"),
+    "demo-distill": ("lamp_fid.demo_distill", "demo_distill", "offline demo: distilled retriever vs BM25 where words mislead"),
+    "distill-loop": ("lamp_fid.distill.loop", "distill_loop", "iterate reader -> scores -> distilled retriever, N rounds (restartable)"),
 }
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: how a shell reports a producer whose reader went away
 LIGHTNING_COMMANDS = {

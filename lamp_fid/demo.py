@@ -76,11 +76,11 @@ def _settings(config: Path, seed: int, threads: int, overrides: list[str]) -> di
     import torch
 
     from lamp_fid import __version__
-    from lamp_fid.data.demo import DEMO_MODEL, FORMAT_VERSION
+    from lamp_fid.data.demo import DEMO_ENCODER, DEMO_MODEL, FORMAT_VERSION
 
     return {"config": str(config), "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(),
             "seed": seed, "threads": threads, "overrides": list(overrides),
-            "demo_data": {"format_version": FORMAT_VERSION, "model": DEMO_MODEL},
+            "demo_data": {"format_version": FORMAT_VERSION, "model": DEMO_MODEL, "encoder": DEMO_ENCODER},
             "lamp_fid": __version__, "torch": torch.__version__}
 
 

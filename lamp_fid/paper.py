@@ -1,13 +1,15 @@
-"""The paper's fine-tuning settings as one table, and the generator of the 24 task configs.
+"""The paper's fine-tuning settings as one table, and the generator of the 40 task configs.
 
-``configs/<mode>_lamp<N>.yaml`` (fid, ipa, none x the 8 tasks) are generated from ``BASE``, the
-paper's setup (docs/official_mode.md#training-setup), with the deltas of ``KINDS`` (per task kind) and ``MODES``.
+``configs/<mode>_lamp<N>.yaml`` (fid, ipa, none, pplug, pplug_fid x the 8 tasks) are generated from
+``BASE``, the paper's setup (docs/official_mode.md#training-setup), with the deltas of ``KINDS`` (per
+task kind), ``MODES`` and ``TASK_MODES`` (per task and mode). The PPlug rows follow PPlug's own setup
+(Liu et al., "LLMs + Persona-Plug = Personalized LLMs", ACL 2025; issue 9) with FlanT5-base as the LM.
 A file writes only the settings that differ from lamp-fid's defaults (what ``lamp-fid fit
 --print_config`` resolves without a config) plus those a reader must see (``SHOWN``); its header
 states the whole setup. The configs live in the package (``lamp_fid/configs``, shipped in the wheel);
 the repository's top-level ``configs`` is a link to that folder.
 
-    python -m lamp_fid.paper                      # rewrite lamp_fid/configs/{fid,ipa,none}_lamp*.yaml
+    python -m lamp_fid.paper                      # rewrite lamp_fid/configs/{fid,ipa,none,pplug,pplug_fid}_lamp*.yaml
     python -m lamp_fid.paper --check true         # exit 1 if a file differs from the table
     python -m lamp_fid.paper --output_dir my_cfg  # the same files elsewhere (e.g. from an installed lamp-fid)
 """
@@ -46,15 +48,47 @@ BASE: dict = {
 #: Deltas per task kind: 10 epochs for classification and rating, 20 for generation.
 KINDS: dict[str, dict] = {"generation": {"trainer": {"max_epochs": 20}}}
 
-#: Per mode: the header's description of the input ({k}, {retriever} filled in) and the deltas.
+#: PPlug's user encoder (frozen history encoder, and the trained query encoder's start), as in its paper.
+PPLUG_ENCODER: dict = {"user_encoder": "BAAI/bge-base-en-v1.5", "user_pooling": "cls"}
+
+#: PPlug's training setup (paper and released code): AdamW lr 1e-4, weight decay 1e-4, 5 % warmup,
+#: 2 epochs (1 for LaMP_3: ``TASK_MODES``), batch 64, 256 input tokens, 4 beams; the LM frozen.
+PPLUG: dict = {
+    "trainer": {"max_epochs": 2},
+    "model": {"optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-4, "weight_decay": 1e-4}},
+              "freeze_lm": True},
+    "data": {"mode": "pplug", "retriever": "none", "k": 0, "max_length": 256, "batch_size": 64, **PPLUG_ENCODER},
+}
+
+#: Per mode (the file name's prefix): the header's description of the input ({k}, {retriever} filled
+#: in) and the deltas.
 MODES: dict[str, tuple[str, dict]] = {
     "fid": ("Fusion-in-Decoder, k={k} {retriever}-ranked profile items, one passage per item", {}),
     "ipa": ("in-prompt augmentation, the top k={k} {retriever}-ranked items in one prompt", {}),
     "none": ("the non-personalized baseline (the bare input)", {"data": {"retriever": "none", "k": 0}}),
+    "pplug": ("PPlug, the bare input behind two soft tokens from a user embedding of the whole history "
+              "(frozen LM)", PPLUG),
+    # FiD's setting (its LM fine-tuned on the fused passages, as FiD is) plus PPlug's soft tokens
+    "pplug_fid": ("PPlug + Fusion-in-Decoder, k={k} {retriever}-ranked profile items, one passage per item, "
+                  "PPlug's two soft tokens in front of every passage; the LM is fine-tuned as FiD's is",
+                  {"model": {"freeze_lm": False}, "data": {"mode": "pplug+fid", **PPLUG_ENCODER}}),
 }
+
+#: Deltas per (mode, task), applied last: PPlug trains LaMP_3 one epoch and generates 10 tokens there.
+TASK_MODES: dict[tuple[str, str], dict] = {
+    ("pplug", "LaMP_3"): {"trainer": {"max_epochs": 1}, "model": {"max_new_tokens": 10}},
+}
+
+#: Where each mode's setup is described (the header's first sentence).
+SETUP = {"pplug": "PPlug's setup (Liu et al., ACL 2025; issue 9) with FlanT5-base as the LM, user encoder "
+                  "BAAI/bge-base-en-v1.5 (cls)",
+         "pplug_fid": "The paper's FiD fine-tuning setup (docs/official_mode.md#training-setup) with PPlug's "
+                      "user encoder BAAI/bge-base-en-v1.5 (cls)"}
 
 #: Written in every file even where equal to the default: what the run is.
 SHOWN = ("data.task", "data.mode", "data.retriever", "data.k", "model.model_name_or_path")
+#: Also written in the PPlug modes' files: the user encoder.
+SHOWN_PPLUG = ("data.user_encoder", "data.user_pooling", "model.freeze_lm")
 
 #: End-of-line comments in the generated YAML.
 NOTES = {"trainer.gradient_clip_val": "HF Trainer's default max_grad_norm, as in the official script"}
@@ -72,10 +106,12 @@ def _merge(base: dict, delta: dict) -> dict:
 
 
 def settings(task: str, mode: str) -> dict:
-    """The paper's full settings for ``task`` in ``mode`` (fid, ipa or none), as a nested config."""
+    """The paper's full settings for ``task`` in ``mode`` (fid, ipa, none, pplug or pplug_fid; the
+    data's mode of pplug_fid is pplug+fid), as a nested config."""
     row = get_task(task)
     base = {**BASE, "data": {"task": row.name, "mode": mode, **BASE["data"]}}  # the run's identity first
-    return _merge(_merge(base, KINDS.get(row.kind, {})), MODES[mode][1])
+    full = _merge(_merge(base, KINDS.get(row.kind, {})), MODES[mode][1])
+    return _merge(full, TASK_MODES.get((mode, row.name), {}))
 
 
 def config_name(task: str, mode: str) -> str:
@@ -104,16 +140,20 @@ def covers(default, value) -> bool:
     return default == value
 
 
-def written(full: dict, defaults: dict, prefix: str = "") -> dict:
-    """The part of ``full`` a file must write: values that differ from ``defaults``, and ``SHOWN``."""
+def written(full: dict, defaults: dict, prefix: str = "", shown: tuple[str, ...] | None = None) -> dict:
+    """The part of ``full`` a file must write: values that differ from ``defaults``, and ``SHOWN``
+    (plus ``SHOWN_PPLUG`` in the PPlug modes)."""
+    if shown is None:
+        mode = (full.get("data") or {}).get("mode", "")
+        shown = SHOWN + (SHOWN_PPLUG if str(mode).startswith("pplug") else ())
     out = {}
     for key, value in full.items():
         name, default = prefix + key, defaults.get(key) if isinstance(defaults, dict) else None
         if isinstance(value, dict) and "class_path" not in value:
-            section = written(value, default or {}, name + ".")
+            section = written(value, default or {}, name + ".", shown)
             if section:
                 out[key] = section
-        elif name in SHOWN or not covers(default, value):
+        elif name in shown or not covers(default, value):
             out[key] = value
     return out
 
@@ -160,10 +200,11 @@ def render(task: str, mode: str, defaults: dict) -> str:
     left_out = [key for key in flatten(full) if key not in flatten(body)]
     header = [
         f"{row.name} ({row.title}): {what}.",
-        f"The paper's fine-tuning setup (docs/official_mode.md#training-setup): {m['model_name_or_path']}, "
+        f"{SETUP.get(mode, 'The paper' + chr(39) + 's fine-tuning setup (docs/official_mode.md#training-setup)')}: "
+        f"{m['model_name_or_path']}{', LM frozen' if m.get('freeze_lm') else ''}, "
         f"{opt['class_path'].rpartition('.')[2]} lr {_num(opt['init_args']['lr'])}, weight decay "
         f"{_num(opt['init_args']['weight_decay'])}, linear schedule with {_num(m['warmup_ratio'] * 100)} % "
-        f"warmup, batch {d['batch_size']}, {t['max_epochs']} epochs, {d['max_length']} input tokens, "
+        f"warmup, batch {d['batch_size']}, {t['max_epochs']} epoch{'' if t['max_epochs'] == 1 else 's'}, {d['max_length']} input tokens, "
         f"{m['max_new_tokens']} new tokens, {m['num_beams']} beams; best checkpoint by val/{row.monitor} "
         f"({row.monitor_mode}).",
         f"  lamp-fid fit --config configs/{name}                          # user split",
@@ -193,7 +234,7 @@ def _wrap(paragraphs: list[str], width: int = 104) -> list[str]:
 
 
 def generate(defaults: dict | None = None) -> dict[str, str]:
-    """``{file name: text}`` of every task config: each task of the task table in each mode."""
+    """``{file name: text}`` of every task config: each task of the task table in each mode (MODES)."""
     defaults = code_defaults() if defaults is None else defaults
     return {config_name(task, mode): render(task, mode, defaults) for task in TASK_NAMES for mode in MODES}
 

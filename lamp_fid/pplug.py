@@ -14,6 +14,8 @@ added to its vocabulary. Trained: I, Proj_I, Proj and the query encoder; the LM 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -182,3 +184,55 @@ def prepend_soft_tokens(lm: nn.Module, input_ids: torch.Tensor, attention_mask: 
     soft_mask = attention_mask.any(-1, keepdim=True).to(attention_mask.dtype).expand(-1, soft.shape[1])
     return (torch.cat([soft.to(embeds.dtype), embeds], dim=1),  # [N, S+L, d]
             torch.cat([soft_mask, attention_mask], dim=1))  # [N, S+L]
+
+
+# --- export outside Lightning -------------------------------------------------------------------
+
+EXPORT_WEIGHTS = "persona_plug.safetensors"  #: I, Proj_I, Proj and soft_norm (safetensors)
+EXPORT_ENCODER = "user_encoder"  #: the trained query encoder and its tokenizer (save_pretrained)
+EXPORT_OPTIONS = "persona_plug.json"  #: pooling, instruction and the rest (plain JSON)
+
+
+def save_persona_plug(plug: PersonaPlug, folder: str | Path, state_dict: dict | None = None,
+                      options: dict | None = None) -> None:
+    """Write what predicting with ``plug`` needs outside Lightning into ``folder`` (an HF export's):
+    ``persona_plug.safetensors`` (I, Proj_I, Proj, soft_norm), ``user_encoder/`` (the trained query
+    encoder and its tokenizer, ``save_pretrained``) and ``persona_plug.json`` (pooling, instruction,
+    number of soft tokens, widths, and ``options``). ``state_dict``: PPlug's weights to write (keys
+    as ``plug.state_dict()``'s; default the live ones). No pickle anywhere: :func:`load_persona_plug`
+    reads it back."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    state = plug.state_dict() if state_dict is None else state_dict
+    encoder_state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    own = {k: v.detach().cpu().contiguous() for k, v in state.items() if not k.startswith("encoder.")}
+    save_file(own, str(folder / EXPORT_WEIGHTS))
+    plug.encoder.save_pretrained(folder / EXPORT_ENCODER, state_dict=encoder_state)
+    if plug.tokenizer is not None:
+        plug.tokenizer.save_pretrained(folder / EXPORT_ENCODER)
+    meta = {"pooling": plug.pooling, "instruction": plug.instruction_text, "n_soft": N_SOFT,
+            "d_enc": int(plug.instruction.shape[0]), "d_model": int(plug.proj[-1].out_features),
+            **(options or {})}
+    (folder / EXPORT_OPTIONS).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+
+def load_persona_plug(folder: str | Path, lm_input_embeddings: nn.Embedding) -> PersonaPlug:
+    """The :class:`PersonaPlug` that :func:`save_persona_plug` wrote into ``folder`` (safetensors and
+    ``from_pretrained`` only); a one-line LaMPError if a file is missing or does not fit."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / EXPORT_OPTIONS).read_text())
+        weights = load_file(str(folder / EXPORT_WEIGHTS))
+    except (OSError, ValueError) as err:
+        raise LaMPError(f"{folder}: not a PersonaPlug export ({type(err).__name__}: {err})") from None
+    plug = PersonaPlug(str(folder / EXPORT_ENCODER), lm_input_embeddings, pooling=meta.get("pooling", "cls"),
+                       instruction=meta.get("instruction", BGE_INSTRUCTION))
+    missing, unexpected = plug.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not k.startswith("encoder.")]
+    if missing or unexpected:
+        raise LaMPError(f"{folder / EXPORT_WEIGHTS}: does not fit PersonaPlug (missing {missing}, "
+                        f"unexpected {unexpected})")
+    return plug

@@ -52,8 +52,11 @@ class Result:
         return self.setting.is_baseline
 
     def label(self) -> str:
-        """``fid-bm25`` (``fid-separate-bm25`` for a non-official layout): one line of a plot."""
+        """``fid-bm25`` (``fid-separate-bm25`` for a non-official layout, ``pplug+fid-bm25`` for PPlug
+        with FiD, ``pplug`` for PPlug alone, which retrieves nothing): one line of a plot."""
         s = self.setting
+        if s.mode == "pplug":
+            return "pplug"
         return f"{s.mode}{'' if s.layout == 'official' else f'-{s.layout}'}-{s.retriever}"
 
 
@@ -284,13 +287,18 @@ def _png(fig) -> bytes:
 
 
 def plot_k(g: Group, plt) -> bytes | None:
-    """The monitor metric against k, one line per mode/layout/retriever, the baseline dashed."""
+    """The monitor metric against k, one line per mode/layout/retriever, the baseline dashed, PPlug
+    alone (no k) dotted."""
     task, metric = g.task, g.monitor
     lines: dict[str, list[tuple[int, float]]] = {}
+    flat: dict[str, float] = {}  # runs without k other than the baseline: PPlug alone
     for r in g.rows:
         if not r.is_baseline and metric in r.metrics:
-            lines.setdefault(r.label(), []).append((r.setting.k, r.metrics[metric]))
-    if not lines:
+            if r.setting.k == 0:
+                flat[r.label()] = r.metrics[metric]
+            else:
+                lines.setdefault(r.label(), []).append((r.setting.k, r.metrics[metric]))
+    if not lines and not flat:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ks = sorted({k for pts in lines.values() for k, _ in pts})
@@ -300,6 +308,8 @@ def plot_k(g: Group, plt) -> bytes | None:
     if g.baseline is not None and metric in g.baseline.metrics:
         ax.axhline(g.baseline.metrics[metric], color="black", linestyle="--", linewidth=1.2,
                    label="non-personalized")
+    for label, value in sorted(flat.items()):
+        ax.axhline(value, color="tab:purple", linestyle=":", linewidth=1.5, label=label)
     if ks and min(ks) > 0 and len(ks) > 1:
         ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])

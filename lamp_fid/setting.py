@@ -3,6 +3,8 @@
 The non-personalized baseline can be spelled three ways in a config (``mode: none``, ``retriever:
 none``, ``k: 0``): each gives the bare input, and :class:`RunSetting` turns each into the one baseline
 (mode none, retriever none, k 0), so run names, ``results.json``, ``tune`` and ``report`` agree.
+The PPlug modes are never the baseline: ``pplug`` is the bare input plus PPlug's soft tokens, and
+``pplug+ipa``/``pplug+fid`` with retriever none or k 0 become that one ``pplug`` setting.
 
 A run folder holds ``results.json`` after ``fit`` (the best epoch's validation metrics) and
 ``<stage>/version_N/results.json`` after ``validate``/``test``: :func:`write_results` writes them,
@@ -22,17 +24,51 @@ from lamp_fid.errors import LaMPError
 from lamp_fid.io import atomic_write
 from lamp_fid.tasks import get_task
 
-PersonalMode = Literal["fid", "ipa"]  #: how the k items reach the model: one passage each, or one prompt
+#: How the k items reach the model: one passage each (fid), one prompt (ipa); the ``pplug`` modes add
+#: PPlug's two soft tokens (a user embedding of the whole history) to the bare input (pplug) or to the
+#: ipa/fid passages (``pplug+ipa``, ``pplug+fid``).
+PersonalMode = Literal["fid", "ipa", "pplug", "pplug+ipa", "pplug+fid"]
 Mode = Literal[PersonalMode, "none"]  #: ``none``: the bare input (the baseline)
+PassageMode = Literal["fid", "ipa", "none"]  #: what the passages are, soft tokens aside
+PPLUG_MODES: tuple[str, ...] = ("pplug", "pplug+ipa", "pplug+fid")
 Layout = Literal["official", "separate"]  #: FiD passages: input + item each, or the input alone first
 PersonalRetriever = Literal["bm25", "dense", "recency", "random"]
 RetrieverName = Literal[PersonalRetriever, "none"]
 Split = Literal["train", "dev", "test"]
 
 
+def split_mode(mode: str) -> tuple[str, bool]:
+    """``(passage mode, uses PPlug)``: ``fid`` -> ``("fid", False)``, ``pplug`` -> ``("none", True)``,
+    ``pplug+fid`` -> ``("fid", True)``. An unknown mode is a one-line LaMPError."""
+    if mode not in get_args(Mode):
+        raise LaMPError(f"unknown mode {mode!r}; expected one of {', '.join(get_args(Mode))}")
+    if mode == "pplug":
+        return "none", True
+    if mode.startswith("pplug+"):
+        return mode.removeprefix("pplug+"), True
+    return mode, False
+
+
+def uses_pplug(mode: str) -> bool:
+    """Does ``mode`` prepend PPlug's soft tokens (pplug, pplug+ipa, pplug+fid)?"""
+    return mode in PPLUG_MODES
+
+
 def is_baseline(mode: str, retriever: str | None = None, k: int | None = None) -> bool:
-    """Is this the non-personalized baseline? Mode none, retriever none and k 0 each mean it."""
+    """Is this the non-personalized baseline? Mode none, retriever none and k 0 each mean it, except in
+    the PPlug modes, which are personalized by the user embedding whatever the retrieved items (there
+    retriever none or k 0 means PPlug alone, ``pplug``)."""
+    if uses_pplug(mode):
+        return False
     return mode == "none" or retriever == "none" or (k is not None and k <= 0)
+
+
+def passages_are_bare(mode: str, retriever: str | None = None, k: int | None = None) -> bool:
+    """Do the passages hold the bare input only (no retrieved item)? True for the baseline and for
+    ``pplug`` (and a pplug+ipa/fid setting with retriever none or k 0, which is ``pplug``)."""
+    if uses_pplug(mode):
+        return mode == "pplug" or retriever == "none" or (k is not None and k <= 0)
+    return is_baseline(mode, retriever, k)
 
 
 def _check(name: str, value: Any, allowed) -> None:
@@ -70,6 +106,10 @@ class RunSetting:
             set_(self, "mode", "none")
             set_(self, "retriever", "none")
             set_(self, "k", 0)
+        elif passages_are_bare(self.mode, self.retriever, self.k):  # PPlug without retrieved items
+            set_(self, "mode", "pplug")
+            set_(self, "retriever", "none")
+            set_(self, "k", 0)
 
     @classmethod
     def from_data(cls, data: Mapping, model: str = "?") -> RunSetting:
@@ -85,9 +125,10 @@ class RunSetting:
 
     def run_name(self) -> str:
         """The default run folder name: ``LaMP_3-fid-bm25-k4`` (``-time`` for the time split, the layout
-        after the mode when it is not official, ``LaMP_3-none`` for the baseline)."""
-        if self.is_baseline:
-            name = f"{self.task}-none"
+        after the mode when it is not official, ``LaMP_3-none`` for the baseline, ``LaMP_3-pplug`` for
+        PPlug alone, ``LaMP_3-pplug+fid-bm25-k4`` combined)."""
+        if self.is_baseline or self.mode == "pplug":
+            name = f"{self.task}-{self.mode}"
         else:
             layout = "" if self.layout == "official" else f"-{self.layout}"
             name = f"{self.task}-{self.mode}{layout}-{self.retriever}-k{self.k}"
@@ -139,7 +180,7 @@ def read_results(path: str | Path) -> RunResults:
         if not isinstance(raw, dict):
             raise TypeError(f"a JSON {type(raw).__name__}, not an object")
         mode = str(raw["mode"])
-        baseline = mode == "none"
+        baseline = mode in ("none", "pplug")  # no retrieved items
         setting = RunSetting(
             task=raw["task"], mode=mode, retriever="none" if baseline else str(raw["retriever"]),
             k=0 if baseline else int(raw["k"]), layout=str(raw.get("layout") or "official"),

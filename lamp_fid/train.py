@@ -180,6 +180,11 @@ class LaMPCLI(LightningCLI):
         })
         parser.link_arguments("data.task", "model.task")
         parser.link_arguments("model.model_name_or_path", "data.tokenizer")
+        # PPlug: the model builds the user embedder for the data's mode and user encoder
+        parser.link_arguments("data.mode", "model.mode")
+        parser.link_arguments("data.user_encoder", "model.user_encoder")
+        parser.link_arguments("data.user_pooling", "model.user_pooling")
+        parser.link_arguments("model.query_instruction", "data.query_instruction")
 
     def _parse_ckpt_path(self) -> None:
         """Keep the command's options: Lightning would overwrite the model options with the checkpoint's

@@ -1,7 +1,8 @@
 """``lamp-fid tune``: the paper's "tuned profile", a grid of retrievers x k (x modes) trained on dev.
 
 Every cell is one ``lamp-fid fit`` into its own run folder
-``<runs_dir>/<prefix>-<task>-<mode>-<retriever>-k<k>`` (the baseline: ``<prefix>-<task>-none``), run in
+``<runs_dir>/<prefix>-<task>-<mode>-<retriever>-k<k>`` (the baseline: ``<prefix>-<task>-none``, PPlug
+alone: ``<prefix>-<task>-pplug``), run in
 this process one after another. The grid restarts where it stopped: a cell with ``results.json`` is done,
 a cell with ``last.ckpt`` only is resumed. Rankings are cached by the data layer, so each retriever ranks
 once and changing k never re-ranks. The summary, with the best setting by the task's official metric in
@@ -163,7 +164,9 @@ def tune(
             the task. (Not named config: jsonargparse reserves that name for its own config files.)
         retrievers: retrievers to try (bm25, recency, random, dense).
         ks: numbers of retrieved profile items to try.
-        modes: how the k items reach the model: fid (one passage each), ipa (one prompt).
+        modes: how the k items reach the model: fid (one passage each), ipa (one prompt); pplug
+            (PPlug's soft tokens alone: one cell, whatever the retrievers and ks), pplug+ipa,
+            pplug+fid (PPlug's soft tokens added to ipa/fid).
         runs_dir: folder that holds the run folders (one per cell).
         baseline: also train the non-personalized baseline (mode none) once.
         prefix: first part of every cell's run folder name and of the summary's file name.
@@ -200,6 +203,7 @@ def tune(
     grid = [dataclasses.replace(base, mode="none")] if baseline else []
     grid += [dataclasses.replace(base, mode=m, retriever=r, k=k)
              for m in modes for r in retrievers for k in ks]  # k innermost: one ranking per retriever
+    grid = list(dict.fromkeys(grid))  # pplug retrieves nothing: one cell whatever the retriever and k
     if not grid:
         raise LaMPError("empty grid: give at least one retriever, k and mode, or --baseline true")
     cells: list[dict] = []

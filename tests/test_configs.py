@@ -1,4 +1,4 @@
-"""The configs: shipped inside the package, and the 24 task configs generated from the paper table."""
+"""The configs: shipped inside the package, and the 40 task configs generated from the paper table."""
 
 import shutil
 import subprocess
@@ -48,7 +48,7 @@ def test_package_data_declares_every_config():
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     matched = {p.relative_to(paper.CONFIGS_DIR).as_posix()
                for pattern in patterns["lamp_fid"] for p in (ROOT / "lamp_fid").glob(pattern)}
-    assert len(_shipped_files()) == 27 and _shipped_files() == matched
+    assert len(_shipped_files()) == 43 and _shipped_files() == matched
 
 
 def test_the_wheel_carries_every_config(tmp_path):
@@ -73,7 +73,7 @@ def test_task_configs_are_generated_from_the_paper_table(defaults):
     """Fails on drift: a config edited by hand, the table changed, or a default a config leaves out changed
     (then regenerate with `python -m lamp_fid.paper`)."""
     generated = paper.generate(defaults)
-    assert len(generated) == 24
+    assert len(generated) == 40
     on_disk = {p.name for p in paper.CONFIGS_DIR.glob("*_lamp*.yaml") if not p.name.startswith("demo_")}
     assert on_disk == set(generated)
     stale = [name for name, text in generated.items() if (paper.CONFIGS_DIR / name).read_text() != text]
@@ -82,7 +82,7 @@ def test_task_configs_are_generated_from_the_paper_table(defaults):
 
 def test_a_config_writes_only_what_differs_from_the_defaults_and_what_the_run_is(defaults):
     for name, text in paper.generate(defaults).items():
-        mode, task = name.removesuffix(".yaml").split("_")
+        mode, task = name.removesuffix(".yaml").rsplit("_", 1)
         full = paper.settings(task, mode)
         body = yaml.safe_load(text)
         assert body == paper.written(full, defaults)  # the YAML says exactly the delta
@@ -115,7 +115,7 @@ def test_the_table_holds_the_paper_setup(defaults):
 
 def test_write_configs_writes_changed_files_and_keeps_hand_written_ones(tmp_path, fixed_defaults, capsys):
     written = paper.write_configs(tmp_path)
-    assert len(written) == 24 and paper.write_configs(tmp_path) == []  # the second run changes nothing
+    assert len(written) == 40 and paper.write_configs(tmp_path) == []  # the second run changes nothing
     assert paper.write_configs(tmp_path, check=True) == []
 
     edited = tmp_path / "fid_lamp3.yaml"  # a generated file edited by hand: drift, regenerated
@@ -144,3 +144,27 @@ def test_the_generator_command_reports_drift_in_one_line(tmp_path, fixed_default
     assert err.startswith("python -m lamp_fid.paper: error: ") and "\n" not in err
     assert "none_lamp1.yaml" in err and "regenerate with `python -m lamp_fid.paper`" in err
     assert (tmp_path / "none_lamp1.yaml").read_text().endswith("seed_everything: 1\n")
+
+
+def test_the_pplug_rows(defaults):
+    """PPlug's setup (issue 9): AdamW lr 1e-4, wd 1e-4, 5 % warmup, 2 epochs (1 for LaMP_3), batch 64, 256
+    input tokens, 4 beams, flan-t5-base, BGE-base cls, the LM frozen; pplug_fid: the FiD row plus PPlug."""
+    for task in paper.TASK_NAMES:
+        full = paper.settings(task, "pplug")
+        t, m, d = full["trainer"], full["model"], full["data"]
+        assert t["max_epochs"] == (1 if task == "LaMP_3" else 2)
+        assert m["optimizer"] == {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-4, "weight_decay": 1e-4}}
+        assert (m["warmup_ratio"], m["num_beams"], m["model_name_or_path"], m["freeze_lm"]) == \
+            (0.05, 4, "google/flan-t5-base", True)
+        assert (d["mode"], d["retriever"], d["k"], d["batch_size"], d["max_length"]) == ("pplug", "none", 0, 64, 256)
+        assert (d["user_encoder"], d["user_pooling"]) == ("BAAI/bge-base-en-v1.5", "cls")
+        fid, both = paper.settings(task, "fid"), paper.settings(task, "pplug_fid")
+        assert both["data"]["mode"] == "pplug+fid" and both["model"]["freeze_lm"] is False
+        assert paper.flatten(both) == {**paper.flatten(fid), "data.mode": "pplug+fid", "model.freeze_lm": False,
+                                       "data.user_encoder": "BAAI/bge-base-en-v1.5", "data.user_pooling": "cls"}
+    assert paper.settings("LaMP_3", "pplug")["model"]["max_new_tokens"] == 10
+    text = paper.generate(defaults)["pplug_lamp3.yaml"]
+    body = yaml.safe_load(text)
+    assert body["data"]["mode"] == "pplug" and body["data"]["user_encoder"] == "BAAI/bge-base-en-v1.5"
+    assert "1 epoch, 256 input tokens, 10 new tokens, 4 beams" in " ".join(
+        line[2:] for line in text.splitlines() if line.startswith("# "))

@@ -38,7 +38,7 @@ def test_one_set_of_names():
     assert get_args(RetrieverName) == (*get_args(PersonalRetriever), "none")
 
 
-@pytest.mark.parametrize("field, value", [("mode", "pplug"), ("retriever", "bm26"), ("layout", "mixed"),
+@pytest.mark.parametrize("field, value", [("mode", "pplug2"), ("retriever", "bm26"), ("layout", "mixed"),
                                           ("val_split", "validation"), ("task", "LaMP_9")])
 def test_a_bad_value_is_refused(field, value):
     kwargs = {"task": "LaMP_3", "mode": "fid", "retriever": "bm25", "k": 1, field: value}

@@ -125,7 +125,7 @@ def test_every_config_parses(config, capsys):
     assert "task: LaMP_" in out and all(e in out for e in expected)
     assert "demo_data" not in out  # the training CLI knows nothing of demos
     if not config.name.startswith("demo"):  # a task config resolves to the paper table's every setting
-        mode, task = config.stem.split("_")
+        mode, task = config.stem.rsplit("_", 1)
         resolved = paper.flatten(yaml.safe_load(out))
         for key, value in paper.flatten(paper.settings(task, mode)).items():
             assert paper.covers(resolved.get(key), value), (key, resolved.get(key), value)

@@ -14,9 +14,10 @@ from lamp_fid.data.paths import default_data_dir, split_paths
 from lamp_fid.data.sampler import ResumableLoader, ResumableSampler
 from lamp_fid.data.store import LaMPStore
 from lamp_fid.errors import LaMPError
+from lamp_fid.pplug import BGE_INSTRUCTION, check_pooling
 from lamp_fid.prompts import PromptBuilder
 from lamp_fid.retrieval.rank import get_rankings
-from lamp_fid.setting import Layout, Mode, RetrieverName, Split, is_baseline
+from lamp_fid.setting import Layout, Mode, RetrieverName, Split, passages_are_bare, split_mode
 from lamp_fid.tasks import get_task
 
 
@@ -31,7 +32,7 @@ class PassageDataset(Dataset):
 
     def items_of(self, example) -> list[dict]:
         """The top-k profile items of ``example`` in rank order (none for the baseline)."""
-        if self.rankings is None or is_baseline(self.mode, k=self.k):
+        if self.rankings is None or passages_are_bare(self.mode, k=self.k):
             return []
         positions = self.rankings[example.id][: self.k]
         return [example.profile[int(p)] for p in positions]
@@ -82,11 +83,14 @@ class PassageCollator:
 
 
 class LaMPDataModule(LightningDataModule):
-    """LaMP data for FiD, IPA and the non-personalized baseline.
+    """LaMP data for FiD, IPA, the non-personalized baseline and the PPlug modes.
 
     ``prepare_data`` (one process) downloads missing files, builds the compact on-disk store and ranks
     every profile once (cached on disk); ``setup`` only reads those caches, so changing ``k`` or
-    ``mode`` never re-ranks.
+    ``mode`` never re-ranks. In the PPlug modes ``prepare_data`` also embeds every history item once
+    with the frozen user encoder (:func:`lamp_fid.data.history.open_history`, cached in cache_dir),
+    and the batches gain ``query_ids``, ``query_mask``, ``hist``, ``hist_mask`` and ``index``
+    (:mod:`lamp_fid.data.pplug_batch`).
     """
 
     def __init__(
@@ -115,6 +119,13 @@ class LaMPDataModule(LightningDataModule):
         cache_dir: Path | None = None,
         token_cache: bool = True,
         group_by_length: Literal["none", "eval", "all"] = "none",
+        user_encoder: str = "BAAI/bge-base-en-v1.5",
+        user_pooling: Literal["cls", "mean"] = "cls",
+        history_outputs: bool = True,
+        history_max_items: int | None = None,
+        history_dropout: float = 0.0,
+        query_max_length: int = 512,
+        query_instruction: str = BGE_INSTRUCTION,
     ):
         """
         Args:
@@ -125,8 +136,10 @@ class LaMPDataModule(LightningDataModule):
             retriever: how profile items are ranked against the query φq(x): none, random, recency,
                 bm25 (official default) or dense (Contriever-style encoder, see --data.encoder).
             k: number of profile items given to the model (FiD: one passage each; IPA: all in one prompt).
-            mode: fid (one passage per item), ipa (one prompt with all k items) or none (the bare input,
-                the non-personalized baseline).
+            mode: fid (one passage per item), ipa (one prompt with all k items), none (the bare input,
+                the non-personalized baseline), pplug (the bare input plus PPlug's two soft tokens, a
+                user embedding of the whole history; retriever and k unused), pplug+ipa or pplug+fid
+                (the ipa/fid passages plus the soft tokens).
             layout: FiD passage layout: official (each passage = φp of the input with one item) or
                 separate (the input alone in one passage, each item's piece alone in the others; for tiny
                 models trained from scratch, see the demo).
@@ -154,6 +167,22 @@ class LaMPDataModule(LightningDataModule):
                 predictions and metrics are the same, files keep the dataset's order) or all (also
                 training: the seeded shuffle cut into groups of 50 batches, each sorted by length;
                 deterministic per seed and epoch, resumable).
+            user_encoder: PPlug modes: the frozen history encoder Enc_his (HF name or local folder; the
+                model's trained query encoder is a copy of it): BAAI/bge-base-en-v1.5 as in the paper.
+                Linked to --model.user_encoder by the CLI.
+            user_pooling: PPlug modes: sentence vector of the user encoder: cls (BGE: the first token's
+                last hidden state) or mean (sentence-transformers models); L2-normalised either way.
+                Linked to --model.user_pooling by the CLI.
+            history_outputs: PPlug modes: embed each history item with its output (the paper's format,
+                e.g. "text: ... score: 5") or without (false: the released code's text).
+            history_max_items: PPlug modes: use only the last this many items of each profile (null:
+                all, the paper; the released code keeps 512).
+            history_dropout: PPlug modes, training only: probability per example and epoch of dropping a
+                random 1 item to 50 % of its history (the released code's augmentation, drawn on the fly;
+                deterministic per seed, epoch and example). 0 = off.
+            query_max_length: PPlug modes: tokens of the user encoder's query (instruction + φq(x)).
+            query_instruction: PPlug modes: the text put before each query for the user encoder;
+                linked from --model.query_instruction by the CLI.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -173,7 +202,17 @@ class LaMPDataModule(LightningDataModule):
                             "set --data.token_cache true (or --data.group_by_length none)")
         if eval_batch_size is not None and eval_batch_size < 1:
             raise LaMPError(f"eval_batch_size must be >= 1 (or null: batch_size), got {eval_batch_size}")
+        self.passage_mode, self.uses_pplug = split_mode(mode)
+        if self.uses_pplug:
+            check_pooling(user_pooling)
+            if not 0 <= history_dropout <= 1:
+                raise LaMPError(f"history_dropout must be in [0, 1], got {history_dropout}")
+            if history_max_items is not None and history_max_items < 1:
+                raise LaMPError(f"history_max_items must be >= 1 (or null: all), got {history_max_items}")
+            if query_max_length < 1:
+                raise LaMPError(f"query_max_length must be >= 1, got {query_max_length}")
         self._tokenizer = None
+        self._user_tokenizer = None
         self.datasets: dict[str, PassageDataset] = {}
 
     # --- pieces ---------------------------------------------------------------------------
@@ -185,6 +224,20 @@ class LaMPDataModule(LightningDataModule):
 
             self._tokenizer = AutoTokenizer.from_pretrained(self.hparams.tokenizer)
         return self._tokenizer
+
+    @property
+    def user_tokenizer(self):
+        """The user encoder's tokenizer (PPlug modes): a one-line LaMPError if it cannot be loaded."""
+        if self._user_tokenizer is None:
+            from transformers import AutoTokenizer
+
+            name = self.hparams.user_encoder
+            try:
+                self._user_tokenizer = AutoTokenizer.from_pretrained(name)
+            except (OSError, ValueError, TypeError) as err:
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise LaMPError(f"--data.user_encoder {name!r}: cannot load its tokenizer: {first}") from None
+        return self._user_tokenizer
 
     def _data_dir(self) -> Path:
         return Path(self.hparams.data_dir) if self.hparams.data_dir else default_data_dir()
@@ -233,7 +286,7 @@ class LaMPDataModule(LightningDataModule):
 
     def _rankings(self, store):
         h = self.hparams
-        if is_baseline(h.mode, h.retriever, h.k):
+        if passages_are_bare(h.mode, h.retriever, h.k):
             return None
         return get_rankings(store, h.retriever, cache_dir=h.cache_dir, use_date=h.use_date,
                             encoder=h.encoder, seed=h.seed)
@@ -241,7 +294,7 @@ class LaMPDataModule(LightningDataModule):
     def builder(self):
         """The φp passage builder for this module's task, mode and layout."""
         h = self.hparams
-        return PromptBuilder(self.task, self.tokenizer, h.max_length, mode=h.mode, layout=h.layout)
+        return PromptBuilder(self.task, self.tokenizer, h.max_length, mode=self.passage_mode, layout=h.layout)
 
     # --- Lightning hooks ------------------------------------------------------------------
     def _current_stage(self) -> str | None:
@@ -266,7 +319,33 @@ class LaMPDataModule(LightningDataModule):
 
                 download(self.task.name, split, time_split=h.time_split, data_dir=self._data_dir())
             self._check_outputs(split, stage)
-            self._rankings(self._store(split))  # builds the store and the ranking cache once
+            store = self._store(split)
+            self._rankings(store)  # builds the store and the ranking cache once
+            if self.uses_pplug:
+                self._history(store)  # embeds the history items once (cached)
+
+    def _history(self, store):
+        """The frozen history embeddings of ``store`` (PPlug modes), from the cache or embedded once."""
+        from lamp_fid.data.history import open_history
+
+        h = self.hparams
+        trainer = getattr(self, "trainer", None)
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        return open_history(store, h.user_encoder, with_outputs=h.history_outputs, pooling=h.user_pooling,
+                            device=str(device), cache_dir=h.cache_dir,
+                            progress=bool(trainer is None or getattr(trainer, "is_global_zero", True)))
+
+    def _with_pplug(self, dataset, store):
+        """``dataset`` wrapped with each example's query tokens and history embeddings (PPlug modes)."""
+        from lamp_fid.data.pplug_batch import PPlugDataset, tokenize_queries
+
+        if not self.uses_pplug:
+            return dataset
+        h = self.hparams
+        ids = [ex.id for ex in store]
+        queries = tokenize_queries(store, self.user_tokenizer, h.query_instruction, h.query_max_length)
+        return PPlugDataset(dataset, ids, queries, self._history(store), h.history_max_items,
+                            source=str(getattr(store, "questions_path", "<questions>")))
 
     def setup(self, stage: str | None = None) -> None:
         builder = self.builder()
@@ -275,17 +354,19 @@ class LaMPDataModule(LightningDataModule):
             if split not in self.datasets:
                 store = self._store(split)
                 if self.hparams.token_cache:
-                    self.datasets[split] = self._tokens(store)
-                    continue
-                self.datasets[split] = PassageDataset(store, self._rankings(store), builder,
-                                                      self.hparams.k, self.hparams.mode)
+                    dataset = self._tokens(store)
+                else:
+                    dataset = PassageDataset(store, self._rankings(store), builder, self.hparams.k,
+                                             self.passage_mode)
+                self.datasets[split] = self._with_pplug(dataset, store)
 
     def _tokens(self, store):
         """The split's passages built and tokenized once (a :class:`~lamp_fid.data.tokens.TokenDataset`)."""
         from lamp_fid.data.tokens import open_tokens
 
         h = self.hparams
-        return open_tokens(store, self._rankings(store), self.tokenizer, k=h.k, mode=h.mode, layout=h.layout,
+        return open_tokens(store, self._rankings(store), self.tokenizer, k=h.k, mode=self.passage_mode,
+                           layout=h.layout,
                            max_length=h.max_length, max_target_length=h.max_target_length,
                            cache_dir=h.cache_dir)
 
@@ -300,12 +381,17 @@ class LaMPDataModule(LightningDataModule):
 
         h = self.hparams
         dataset = self.datasets[split]
+        collate = PadCollator.for_tokenizer(self.tokenizer) if h.token_cache else \
+            PassageCollator(self.tokenizer, h.max_length, h.max_target_length)
+        if self.uses_pplug:
+            from lamp_fid.data.pplug_batch import PPlugCollator
+
+            collate = PPlugCollator(collate, self.user_tokenizer.pad_token_id or 0, self._history_dim(dataset))
         kwargs = dict(
             batch_size=h.batch_size if train else (h.eval_batch_size or h.batch_size),
             num_workers=h.num_workers,
             persistent_workers=h.num_workers > 0,
-            collate_fn=PadCollator.for_tokenizer(self.tokenizer) if h.token_cache else
-            PassageCollator(self.tokenizer, h.max_length, h.max_target_length),
+            collate_fn=collate,
             generator=torch.Generator().manual_seed(0),
         )
         if not train and h.group_by_length == "none":
@@ -327,6 +413,26 @@ class LaMPDataModule(LightningDataModule):
         sampler.set_epoch(trainer.current_epoch if trainer else 0)  # the first iteration may precede set_epoch
         return ResumableLoader(self.datasets[split], sampler=sampler, trained_batches=self._trained_batches,
                                **kwargs)
+
+    def _history_dim(self, dataset) -> int:
+        """d_enc of the history embeddings (the encoder config's hidden size for a file without items)."""
+        dim = dataset.history.dim
+        if dim:
+            return dim
+        from transformers import AutoConfig
+
+        return int(AutoConfig.from_pretrained(self.hparams.user_encoder).hidden_size)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """PPlug's history dropout on training batches (see :func:`~lamp_fid.data.pplug_batch.apply_history_dropout`):
+        drawn by (the fit's seed, the epoch, the example's index), so a resume repeats it."""
+        trainer = getattr(self, "trainer", None)
+        p = self.hparams.history_dropout if self.uses_pplug else 0.0
+        if p > 0 and trainer is not None and trainer.training and isinstance(batch, dict):
+            from lamp_fid.data.pplug_batch import apply_history_dropout
+
+            apply_history_dropout(batch, p, int(os.environ.get("PL_GLOBAL_SEED", 0)), trainer.current_epoch)
+        return batch
 
     def _trained_batches(self) -> int:
         """Batches of the current epoch the running fit has trained on (0 outside a fit)."""

@@ -29,9 +29,8 @@ def small_world(monkeypatch):
 
 
 def per_seed(result: dict) -> dict:
-    """{(task, metric): (baseline per seed, FiD per seed)} of a demo result."""
-    return {(r["task"], r["metric"]): (r["non_personalized"]["per_seed"], r["fid"]["per_seed"])
-            for r in result["rows"]}
+    """{(task, metric): {method: values per seed}} of a demo result."""
+    return {(r["task"], r["metric"]): {m: v["per_seed"] for m, v in r["values"].items()} for r in result["rows"]}
 
 
 @pytest.mark.parametrize("command", ["demo", "demo-data"])
@@ -150,54 +149,66 @@ def test_seeds_are_separate_reproducible_runs_at_any_ambient_thread_count(small_
 
     a, b = per_seed(both), per_seed(one)
     assert set(a) == {("LaMP_3", "MAE"), ("LaMP_3", "RMSE")}
-    for key, (base, fid) in a.items():
-        assert len(base) == len(fid) == 2 and None not in base + fid
-        assert b[key] == ([base[1]], [fid[1]])  # exact: same seed, same thread count
+    for key, values in a.items():
+        assert list(values) == ["none", "fid", "pplug", "pplug+fid"]
+        for method, seeds in values.items():
+            assert len(seeds) == 2 and None not in seeds
+            assert b[key][method] == [seeds[1]]  # exact: same seed, same thread count
     assert both["seeds"] == [0, 1] and both["threads"] == 1 and both["spread"] == "min-max over seeds"
+    assert both["methods"] == ["none", "fid", "pplug", "pplug+fid"] and both["user_encoder"] == "demo"
     assert [p["seed"] for p in both["per_seed"]] == [0, 1]
     row = both["rows"][0]
-    assert row["non_personalized"]["min"] == min(row["non_personalized"]["per_seed"])
-    assert row["fid"]["mean"] == sum(row["fid"]["per_seed"]) / 2
+    assert row["values"]["none"]["min"] == min(row["values"]["none"]["per_seed"])
+    assert row["values"]["pplug"]["mean"] == sum(row["values"]["pplug"]["per_seed"]) / 2
 
     for seed in (0, 1):  # each seed has its own data, runs and report
         seed_dir = tmp_path / "a" / f"seed{seed}"
         manifest = json.loads((seed_dir / "data" / "demo_manifest.json").read_text())
         assert manifest["seed"] == seed
-        for run in ("demo-LaMP_3-none", "demo-LaMP_3-fid-separate-bm25-k4"):
+        for run in ("demo-LaMP_3-none", "demo-LaMP_3-fid-separate-bm25-k4", "demo-LaMP_3-pplug",
+                    "demo-LaMP_3-pplug+fid-separate-bm25-k4"):
             assert (seed_dir / "runs" / run / "results.json").exists()
+        hparams = (seed_dir / "runs" / "demo-LaMP_3-pplug" / "config.yaml").read_text()
+        assert str(seed_dir / "data" / "user-encoder") in hparams and "freeze_lm: false" in hparams
         assert (seed_dir / "report" / "results.md").exists()
+        assert (seed_dir / "report" / "LaMP_3_fit_dev_tiny-t5_modes.png").exists()
     data = [(tmp_path / "a" / f"seed{s}" / "data" / "LaMP" / "LaMP_3").rglob("*.json") for s in (0, 1)]
     assert [p.read_bytes() for p in sorted(data[0])] != [p.read_bytes() for p in sorted(data[1])]
 
     saved = json.loads((tmp_path / "a" / "demo_results.json").read_text())
     assert per_seed(saved) == a and saved["failures"] == _failures(both["rows"], [0, 1])
-    assert saved["fid_beats_baseline_in_every_seed"] == (not saved["failures"])
+    assert set(saved["beats_baseline_in_every_seed"]) == {"fid", "pplug", "pplug+fid"}
     table = (tmp_path / "a" / "demo_results.md").read_text()
-    assert "Seeds 0, 1; 1 torch thread(s); each cell: mean (min – max) over the seeds." in table
-    assert f"| LaMP_3 | MAE | {row['non_personalized']['mean']:.4f} ({row['non_personalized']['min']:.4f} – " in table
+    assert ("Seeds 0, 1; 1 torch thread(s); each cell: mean (min – max) over the seeds; PPlug history "
+            "encoder: the demo's random BERT (frozen).") in table
+    assert "| task | metric | non-personalized | FiD k=4 (BM25) | PPlug | PPlug+FiD k=4 (BM25) |" in table
+    assert "| task | metric | FiD | PPlug | PPlug+FiD |" in table
+    stats = row["values"]["none"]
+    assert f"| LaMP_3 | MAE | {stats['mean']:.4f} ({stats['min']:.4f} – " in table
 
 
 def test_runs_of_other_settings_are_refused_or_retrained_never_reported(small_world, tmp_path, capsys):
     """A finished demo rerun with other fit options must not report the old runs as the new ones."""
     out = tmp_path / "demo"
-    first = demo(out, tasks=["LaMP_3"], overrides=STEPS)
+    two = ["none", "pplug"]  # a baseline and a PPlug run: enough to check the settings (and faster)
+    first = demo(out, tasks=["LaMP_3"], methods=two, overrides=STEPS)
     runs = out / "seed0" / "runs"
     assert json.loads((runs / "demo-LaMP_3-none" / "results.json").read_text())["step"] == 2
     longer = [*STEPS, "--trainer.max_steps=4", "--trainer.val_check_interval=4"]
 
     (out / "demo_results.md").unlink()  # as after an interrupted demo: runs, no report yet
     with pytest.raises(SystemExit):
-        main(["demo", "--output_dir", str(out), "--tasks", "[LaMP_3]", "--threads", "2",
+        main(["demo", "--output_dir", str(out), "--tasks", "[LaMP_3]", "--threads", "2", "--methods", "[none, pplug]",
               "--overrides", json.dumps(STEPS)])
     assert "runs there were trained with other settings (threads changed)" in capsys.readouterr().err
     with pytest.raises(LaMPError, match="overrides changed"):
-        demo(out, tasks=["LaMP_3"], overrides=longer)  # no --overwrite: refused, nothing touched
+        demo(out, tasks=["LaMP_3"], methods=two, overrides=longer)  # no --overwrite: refused, nothing touched
     assert json.loads((runs / "demo-LaMP_3-none" / "results.json").read_text())["step"] == 2
 
-    again = demo(out, tasks=["LaMP_3"], overrides=STEPS)  # the same settings: the runs are reused
+    again = demo(out, tasks=["LaMP_3"], methods=two, overrides=STEPS)  # the same settings: the runs are reused
     assert "skip (done)" in capsys.readouterr().out and per_seed(again) == per_seed(first)
 
-    demo(out, tasks=["LaMP_3"], overrides=longer, overwrite=True)
+    demo(out, tasks=["LaMP_3"], methods=two, overrides=longer, overwrite=True)
     assert "retraining the runs" in capsys.readouterr().out
-    for run in ("demo-LaMP_3-none", "demo-LaMP_3-fid-separate-bm25-k4"):
+    for run in ("demo-LaMP_3-none", "demo-LaMP_3-pplug"):
         assert json.loads((runs / run / "results.json").read_text())["step"] == 4

@@ -12,7 +12,7 @@ import torch
 
 import lamp_fid.data.demo as demo_data_module
 from lamp_fid.cli import main
-from lamp_fid.demo import (DEFAULT_METHODS, _check_methods, _failures, _rows, _tables, _user_encoder, _winners,
+from lamp_fid.demo import (METHODS, _check_methods, _failures, _rows, _tables, _user_encoder, _winners,
                             demo)
 from lamp_fid.errors import LaMPError
 
@@ -87,8 +87,8 @@ def test_the_tables_have_a_column_per_method():
                                     "fid": {"val/accuracy": 0.75, "val/f1": 0.5},
                                     "pplug": {"val/accuracy": 0.5},  # f1 missing: "-", never better
                                     "pplug+fid": {"val/accuracy": 0.875, "val/f1": 0.625}}}]
-    rows = _rows(["LaMP_2"], [0], list(DEFAULT_METHODS), per_seed_metrics)
-    assert _tables(rows, list(DEFAULT_METHODS), 1).splitlines() == [
+    rows = _rows(["LaMP_2"], [0], list(METHODS), per_seed_metrics)
+    assert _tables(rows, list(METHODS), 1).splitlines() == [
         "| task | metric | non-personalized | FiD k=4 (BM25) | PPlug | PPlug+FiD k=4 (BM25) |",
         "|---|---|---|---|---|---|",
         "| LaMP_2 | accuracy | 0.2500 | 0.7500 | 0.5000 | 0.8750 |",
@@ -150,12 +150,12 @@ def test_seeds_are_separate_reproducible_runs_at_any_ambient_thread_count(small_
     a, b = per_seed(both), per_seed(one)
     assert set(a) == {("LaMP_3", "MAE"), ("LaMP_3", "RMSE")}
     for key, values in a.items():
-        assert list(values) == ["none", "fid", "pplug", "pplug+fid"]
+        assert list(values) == ["none", "fid", "pplug"]  # the default methods
         for method, seeds in values.items():
             assert len(seeds) == 2 and None not in seeds
             assert b[key][method] == [seeds[1]]  # exact: same seed, same thread count
     assert both["seeds"] == [0, 1] and both["threads"] == 1 and both["spread"] == "min-max over seeds"
-    assert both["methods"] == ["none", "fid", "pplug", "pplug+fid"] and both["user_encoder"] == "demo"
+    assert both["methods"] == ["none", "fid", "pplug"] and both["user_encoder"] == "demo"
     assert [p["seed"] for p in both["per_seed"]] == [0, 1]
     row = both["rows"][0]
     assert row["values"]["none"]["min"] == min(row["values"]["none"]["per_seed"])
@@ -165,8 +165,7 @@ def test_seeds_are_separate_reproducible_runs_at_any_ambient_thread_count(small_
         seed_dir = tmp_path / "a" / f"seed{seed}"
         manifest = json.loads((seed_dir / "data" / "demo_manifest.json").read_text())
         assert manifest["seed"] == seed
-        for run in ("demo-LaMP_3-none", "demo-LaMP_3-fid-separate-bm25-k4", "demo-LaMP_3-pplug",
-                    "demo-LaMP_3-pplug+fid-separate-bm25-k4"):
+        for run in ("demo-LaMP_3-none", "demo-LaMP_3-fid-separate-bm25-k4", "demo-LaMP_3-pplug"):
             assert (seed_dir / "runs" / run / "results.json").exists()
         hparams = (seed_dir / "runs" / "demo-LaMP_3-pplug" / "config.yaml").read_text()
         assert str(seed_dir / "data" / "user-encoder") in hparams and "freeze_lm: false" in hparams
@@ -177,12 +176,12 @@ def test_seeds_are_separate_reproducible_runs_at_any_ambient_thread_count(small_
 
     saved = json.loads((tmp_path / "a" / "demo_results.json").read_text())
     assert per_seed(saved) == a and saved["failures"] == _failures(both["rows"], [0, 1])
-    assert set(saved["beats_baseline_in_every_seed"]) == {"fid", "pplug", "pplug+fid"}
+    assert set(saved["beats_baseline_in_every_seed"]) == {"fid", "pplug"}
     table = (tmp_path / "a" / "demo_results.md").read_text()
     assert ("Seeds 0, 1; 1 torch thread(s); each cell: mean (min – max) over the seeds; PPlug history "
             "encoder: the demo's random BERT (frozen).") in table
-    assert "| task | metric | non-personalized | FiD k=4 (BM25) | PPlug | PPlug+FiD k=4 (BM25) |" in table
-    assert "| task | metric | FiD | PPlug | PPlug+FiD |" in table
+    assert "| task | metric | non-personalized | FiD k=4 (BM25) | PPlug |" in table
+    assert "| task | metric | FiD | PPlug |" in table
     stats = row["values"]["none"]
     assert f"| LaMP_3 | MAE | {stats['mean']:.4f} ({stats['min']:.4f} – " in table
 
@@ -190,7 +189,7 @@ def test_seeds_are_separate_reproducible_runs_at_any_ambient_thread_count(small_
 def test_runs_of_other_settings_are_refused_or_retrained_never_reported(small_world, tmp_path, capsys):
     """A finished demo rerun with other fit options must not report the old runs as the new ones."""
     out = tmp_path / "demo"
-    two = ["none", "pplug"]  # a baseline and a PPlug run: enough to check the settings (and faster)
+    two = ["none", "pplug+fid"]  # a baseline and PPlug+FiD (not in the default): enough for the settings
     first = demo(out, tasks=["LaMP_3"], methods=two, overrides=STEPS)
     runs = out / "seed0" / "runs"
     assert json.loads((runs / "demo-LaMP_3-none" / "results.json").read_text())["step"] == 2
@@ -198,7 +197,7 @@ def test_runs_of_other_settings_are_refused_or_retrained_never_reported(small_wo
 
     (out / "demo_results.md").unlink()  # as after an interrupted demo: runs, no report yet
     with pytest.raises(SystemExit):
-        main(["demo", "--output_dir", str(out), "--tasks", "[LaMP_3]", "--threads", "2", "--methods", "[none, pplug]",
+        main(["demo", "--output_dir", str(out), "--tasks", "[LaMP_3]", "--threads", "2", "--methods", "[none, pplug+fid]",
               "--overrides", json.dumps(STEPS)])
     assert "runs there were trained with other settings (threads changed)" in capsys.readouterr().err
     with pytest.raises(LaMPError, match="overrides changed"):
@@ -210,5 +209,5 @@ def test_runs_of_other_settings_are_refused_or_retrained_never_reported(small_wo
 
     demo(out, tasks=["LaMP_3"], methods=two, overrides=longer, overwrite=True)
     assert "retraining the runs" in capsys.readouterr().out
-    for run in ("demo-LaMP_3-none", "demo-LaMP_3-pplug"):
+    for run in ("demo-LaMP_3-none", "demo-LaMP_3-pplug+fid-separate-bm25-k4"):
         assert json.loads((runs / run / "results.json").read_text())["step"] == 4

@@ -45,12 +45,36 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Te
     return F.normalize(vec, dim=-1)
 
 
-def load_encoder(name: str) -> tuple[nn.Module, object]:
-    """An HF encoder (float32) and its tokenizer from a hub name or a local folder."""
-    from transformers import AutoModel, AutoTokenizer
+def check_tokenizer(tokenizer, name: str):
+    """``tokenizer`` if it has a vocabulary beyond its special tokens, else a one-line LaMPError.
+
+    transformers 5 builds an *empty* tokenizer (special tokens only, every word ``[UNK]``) from a
+    folder that has a model config but no tokenizer files: every query would silently read the same.
+    """
+    if len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
+        raise LaMPError(f"user encoder {name!r} has no tokenizer (no vocabulary beyond its special tokens): "
+                        "save the encoder's tokenizer in its folder")
+    return tokenizer
+
+
+def load_tokenizer(name: str):
+    """The user encoder's tokenizer (checked by :func:`check_tokenizer`), or a one-line LaMPError."""
+    from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LaMPError(f"cannot load user encoder {name!r}: {first}") from None
+    return check_tokenizer(tokenizer, name)
+
+
+def load_encoder(name: str) -> tuple[nn.Module, object]:
+    """An HF encoder (float32) and its tokenizer from a hub name or a local folder."""
+    from transformers import AutoModel
+
+    tokenizer = load_tokenizer(name)
+    try:
         model = AutoModel.from_pretrained(name, dtype=torch.float32)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -60,7 +60,7 @@ def test_modes_split_and_name_runs():
 
 @pytest.mark.parametrize("mode, extra, run", [
     ("pplug", [], "LaMP_3-pplug"),
-    ("pplug+ipa", ["--data.k", "2"], "LaMP_3-pplug+ipa-bm25-k2"),
+    ("pplug+ipa", ["--data.k", "2", "--data.group_by_length", "all"], "LaMP_3-pplug+ipa-bm25-k2"),
     ("pplug+fid", ["--data.k", "2", "--data.history_dropout", "0.5"], "LaMP_3-pplug+fid-bm25-k2"),
 ])
 def test_each_pplug_mode_fits_tests_and_predicts_through_the_cli(setup_dir, mode, extra, run):
@@ -115,6 +115,12 @@ def test_the_batch_contract(setup_dir):
     for b in range(B):
         n = len(store[b].profile)
         assert batch["hist_mask"][b].tolist() == [j < n for j in range(batch["hist"].shape[1])]
+    # history_max_items keeps the last items of each profile
+    capped = _first_batch(_datamodule(root, data, model, bert, history_max_items=2))
+    for b in range(B):
+        n = len(store[b].profile)
+        assert int(capped["hist_mask"][b].sum()) == min(n, 2)
+        assert torch.equal(capped["hist"][b, :min(n, 2)], batch["hist"][b, max(n - 2, 0):n])
     # the on-the-fly path (token_cache false) and workers give the same batch
     other = _first_batch(_datamodule(root, data, model, bert, token_cache=False, num_workers=1))
     for key in ("input_ids", "attention_mask", "labels", "query_ids", "query_mask", "hist", "hist_mask"):
@@ -189,7 +195,7 @@ def test_the_export_loads_back_without_pickle(setup_dir):
     from lamp_fid.pplug import load_persona_plug
 
     root, data, model, bert = setup_dir
-    ckpt = _frozen_lm_fit(root, data, model, bert, "export", "--data.history_max_items", "3")
+    _frozen_lm_fit(root, data, model, bert, "export", "--data.history_max_items", "3")
     export = root / "runs" / "export" / "hf_best"
     best = json.loads((root / "runs" / "export" / "results.json").read_text())["best_checkpoint"]
     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
@@ -200,7 +206,6 @@ def test_the_export_loads_back_without_pickle(setup_dir):
             assert torch.equal(value, state[f"user.{key}"]), key
     meta = json.loads((export / "persona_plug.json").read_text())
     assert meta["mode"] == "pplug" and meta["pooling"] == "cls" and meta["n_soft"] == 2
-    del ckpt
 
 
 def test_a_pplug_fit_resumes(setup_dir):
@@ -260,3 +265,202 @@ def test_report_labels_and_plots_pplug_runs(tmp_path):
     assert {r["mode"] for r in csv_rows} == {"none", "pplug", "pplug+fid"}
     md = next((tmp_path / "rep").glob("*.md")).read_text()
     assert "LaMP_3-pplug+fid-bm25-k2" in md and "★" in md
+
+
+# --- the shipped config with a Flan-T5-shaped LM ----------------------------------------------------
+
+FLAN_T5_BASE = dict(d_model=768, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12, d_kv=64,
+                    vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                    dropout_rate=0.1, relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                    layer_norm_epsilon=1e-6, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+
+
+def _random_flan_t5(path: Path, config: dict | None) -> Path:
+    """A random-init T5 of the real Flan-T5 config (small's file, or ``config``) with the real tokenizer."""
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    cfg = T5Config.from_pretrained(T5_DIR) if config is None else T5Config(**config)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        T5ForConditionalGeneration(cfg).save_pretrained(path)
+    AutoTokenizer.from_pretrained(T5_DIR).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("shape", [pytest.param(None, id="flan-t5-small"),
+                                   pytest.param(FLAN_T5_BASE, id="flan-t5-base", marks=pytest.mark.slow)])
+def test_the_shipped_pplug_config_fits_checkpoints_exports_and_predicts(tmp_path, shape):
+    if not (T5_DIR / "tokenizer.json").exists():
+        pytest.skip(f"no Flan-T5 tokenizer at {T5_DIR}")
+    from lamp_fid.paper import CONFIGS_DIR
+    from lamp_fid.predictions import read_predictions
+
+    data = tmp_path / "data"
+    for split, n in (("train", 4), ("dev", 2), ("test", 2)):
+        write_fake_split(data, "LaMP_3", split, n, profile_size=(0, 4), words=(5, 12), seed=4)
+    model = _random_flan_t5(tmp_path / "t5", shape)
+    bert = build_tiny_bert(tmp_path / "bert")
+    args = ["--config", str(CONFIGS_DIR / "pplug_lamp3.yaml"), "--data.data_dir", str(data),
+            "--data.cache_dir", str(tmp_path / "cache"), "--data.download", "false", "--data.batch_size", "2",
+            "--data.user_encoder", str(bert), "--model.model_name_or_path", str(model),
+            "--runs_dir", str(tmp_path / "runs"), "--trainer.max_steps", "2", "--trainer.accelerator", "cpu",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--model.max_new_tokens", "3"]
+    main(["fit", *args])
+    run = tmp_path / "runs" / "LaMP_3-pplug"
+    assert (run / "last.ckpt").exists() and list(run.glob("best-*.ckpt"))
+    export = run / "hf_best"
+    assert {"model.safetensors", "persona_plug.safetensors", "persona_plug.json"} <= {p.name for p in export.iterdir()}
+    assert (export / "user_encoder" / "model.safetensors").exists()
+    main(["predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "last.ckpt")])
+    (preds,) = run.glob("predict/version_*/LaMP_3-predict-predictions.json")
+    task, predictions = read_predictions(preds, "LaMP_3")
+    test_ids = [q["id"] for q in json.loads((data / "LaMP_3" / "test" / "test_questions.json").read_text())]
+    assert task == "LaMP_3" and list(predictions) == test_ids
+
+
+# --- hostile options ------------------------------------------------------------------------------
+
+def _refused(capsys, args: list[str]) -> str:
+    from test_hostile_train import refused
+
+    return refused(capsys, args)
+
+
+def test_an_unknown_pooling_is_refused(setup_dir, capsys):
+    """The CLI's parser refuses it as it refuses any value outside an option's choices (its usage and
+    one error line naming the option, exit 2); the Python API with one LaMPError line."""
+    from lamp_fid.errors import LaMPError
+
+    root, data, model, bert = setup_dir
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *common(root, data, model, bert, "--data.mode", "pplug", "--data.user_pooling", "max",
+                             "--run_name", "bad-pool")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert 'Parser key "data.user_pooling"' in err and "Got value: max" in err
+    assert not (root / "runs" / "bad-pool").exists()
+    with pytest.raises(LaMPError, match="unknown pooling 'max'"):
+        FiDModule(task="LaMP_3", model_name_or_path=str(model), mode="pplug", user_encoder=str(bert),
+                  user_pooling="max")
+    with pytest.raises(LaMPError, match="unknown pooling 'max'"):
+        _datamodule(root, data, model, bert, user_pooling="max")
+
+
+def test_a_missing_user_encoder_folder_is_one_line(setup_dir, capsys, tmp_path):
+    root, data, model, bert = setup_dir
+    missing = tmp_path / "no-such-encoder"
+    line = _refused(capsys, ["fit", *common(root, data, model, bert, "--data.mode", "pplug",
+                                            "--data.user_encoder", str(missing), "--run_name", "no-enc")])
+    assert str(missing) in line and "user encoder" in line
+
+
+def test_a_user_encoder_without_a_tokenizer_is_one_line(setup_dir, capsys, tmp_path):
+    import shutil
+
+    root, data, model, bert = setup_dir
+    bare = tmp_path / "bare-encoder"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(bert / name, bare / name)
+    line = _refused(capsys, ["fit", *common(root, data, model, bert, "--data.mode", "pplug",
+                                            "--data.user_encoder", str(bare), "--run_name", "no-tok",
+                                            "--trainer.max_steps", "1")])
+    assert str(bare) in line and "has no tokenizer" in line
+    from lamp_fid.errors import LaMPError
+
+    with pytest.raises(LaMPError, match="has no tokenizer"):
+        _datamodule(root, data, model, bare, mode="pplug").prepare_data()
+    assert not (root / "runs" / "no-tok" / "last.ckpt").exists()
+
+
+@pytest.mark.parametrize("option, value", [("history_dropout", "1.5"), ("history_max_items", "0"),
+                                           ("query_max_length", "0")])
+def test_bad_history_options_are_one_line(setup_dir, capsys, option, value):
+    root, data, model, bert = setup_dir
+    line = _refused(capsys, ["fit", *common(root, data, model, bert, "--data.mode", "pplug",
+                                            f"--data.{option}", value, "--run_name", f"bad-{option}")])
+    assert option in line
+
+
+def test_a_user_without_history_gets_soft_tokens_and_no_nan(setup_dir):
+    root, data, model, bert = setup_dir
+    dm = _datamodule(root, data, model, bert, mode="pplug")
+    batch = _first_batch(dm)
+    # every user of the batch without history (Proj(0) for all), as pad_histories makes it
+    batch["hist"], batch["hist_mask"] = batch["hist"][:, :0], batch["hist_mask"][:, :0]
+    module = FiDModule(task="LaMP_3", model_name_or_path=str(model), mode="pplug", user_encoder=str(bert)).eval()
+    with torch.no_grad():
+        out = module(batch["input_ids"], batch["attention_mask"], batch["labels"], **module.user_inputs(batch))
+        soft = module.soft_tokens(*(batch[k] for k in ("query_ids", "query_mask", "hist", "hist_mask")))
+    assert torch.isfinite(out.loss) and torch.isfinite(soft).all()
+    P = soft[:, 1]  # all users get the same P = Proj(0), at the LM's embedding norm
+    assert torch.allclose(P, P[:1].expand_as(P), atol=1e-6)
+    assert len(module.generate(batch["input_ids"], batch["attention_mask"], **module.user_inputs(batch))) == \
+        len(batch["ids"])
+    # the fake data hold such users: the fits above ran through them
+    assert any(len(ex.profile) == 0 for ex in dm._store("dev"))
+
+
+def test_a_pplug_checkpoint_evaluates_only_in_a_pplug_mode(setup_dir, capsys):
+    root, data, model, bert = setup_dir
+    _frozen_lm_fit(root, data, model, bert, "mismatch", "--trainer.limit_val_batches", "1")
+    ckpt = str(root / "runs" / "mismatch" / "last.ckpt")
+    line = _refused(capsys, ["predict", *common(root, data, model, bert, "--data.mode", "fid", "--data.k", "1",
+                                                "--run_name", "mismatch", "--ckpt_path", ckpt)])
+    assert "--data.mode: pplug -> fid" in line
+    # another PPlug mode loads the same weights (the passages change, the user embedder does not)
+    main(["predict", *common(root, data, model, bert, "--data.mode", "pplug+ipa", "--data.k", "1",
+                             "--run_name", "mismatch", "--ckpt_path", ckpt)])
+
+
+@pytest.mark.parametrize("persona", ["every_passage", "extra_passage"])
+def test_skipping_empty_passages_stays_exact_with_soft_tokens(setup_dir, persona):
+    root, data, model, bert = setup_dir
+    batch = _first_batch(_datamodule(root, data, model, bert, mode="pplug+fid", k=3))
+    empty = ~batch["attention_mask"].any(-1)  # [B, k]: users with fewer than 3 items
+    assert empty.any() and not empty.all()
+    losses, outputs = [], []
+    for skip in (True, False):
+        torch.manual_seed(0)
+        module = FiDModule(task="LaMP_3", model_name_or_path=str(model), mode="pplug+fid", user_encoder=str(bert),
+                           persona=persona, skip_empty_passages=skip).eval()
+        with torch.no_grad():
+            encoded, mask = module.fuse(batch["input_ids"], batch["attention_mask"], **module.user_inputs(batch))
+            losses.append(module.model(encoder_outputs=encoded, attention_mask=mask, labels=batch["labels"]).loss)
+            outputs.append(module.decode(encoded, mask))
+        B, k, L = batch["input_ids"].shape
+        assert mask.shape == ((B, 2 + k * L) if persona == "extra_passage" else (B, k * (2 + L)))
+        per_passage = mask[:, 2:].reshape(B, k, L) if persona == "extra_passage" else mask.reshape(B, k, 2 + L)
+        assert not per_passage[empty].any() and per_passage[~empty].any(-1).all()  # empty stays unseen
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    assert outputs[0] == outputs[1]
+
+
+@pytest.mark.slow
+def test_pplug_fid_under_two_process_ddp_matches_one_process(tmp_path):
+    """2-process DDP on CPU (gloo): a pplug+fid fit with history dropout runs (every PPlug parameter gets
+    a gradient on every rank), and test gives the 1-process metrics and predictions."""
+    from tests.test_ddp import lamp_fid
+
+    data = tmp_path / "data"
+    for split, n in (("train", 16), ("dev", 7), ("test", 7)):
+        write_fake_split(data, "LaMP_3", split, n, profile_size=(0, 4), words=(4, 10), seed=3)
+    model, bert = build_tiny_t5(tmp_path / "tiny"), build_tiny_bert(tmp_path / "bert")
+    args = common(tmp_path, data, model, bert, "--data.mode", "pplug+fid", "--data.k", "2",
+                  "--data.history_dropout", "0.5", "--trainer.max_epochs", "1", "--data.batch_size", "2")
+    lamp_fid("fit", *args, "--trainer.devices", "2", "--trainer.strategy", "ddp", cwd=tmp_path)
+    run = tmp_path / "runs" / "LaMP_3-pplug+fid-bm25-k2"
+    results = {}
+    for devices in ("1", "2"):
+        strategy = ["--trainer.strategy", "ddp"] if devices == "2" else []
+        lamp_fid("test", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "last.ckpt"),
+                 "--trainer.devices", devices, *strategy, cwd=tmp_path)
+        test_dir = max((run / "test").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+        results[devices] = (json.loads((test_dir / "results.json").read_text())["metrics"],
+                            json.loads((test_dir / "LaMP_3-test-predictions.json").read_text()))
+    one, two = results["1"], results["2"]
+    assert len(one[1]["golds"]) == 7
+    assert sorted(map(json.dumps, two[1]["golds"])) == sorted(map(json.dumps, one[1]["golds"]))
+    for key in ("test/MAE", "test/RMSE"):  # the loss is a mean over other batches under DDP
+        assert two[0][key] == pytest.approx(one[0][key], abs=1e-12), key

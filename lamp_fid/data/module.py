@@ -229,14 +229,9 @@ class LaMPDataModule(LightningDataModule):
     def user_tokenizer(self):
         """The user encoder's tokenizer (PPlug modes): a one-line LaMPError if it cannot be loaded."""
         if self._user_tokenizer is None:
-            from transformers import AutoTokenizer
+            from lamp_fid.pplug import load_tokenizer
 
-            name = self.hparams.user_encoder
-            try:
-                self._user_tokenizer = AutoTokenizer.from_pretrained(name)
-            except (OSError, ValueError, TypeError) as err:
-                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                raise LaMPError(f"--data.user_encoder {name!r}: cannot load its tokenizer: {first}") from None
+            self._user_tokenizer = load_tokenizer(self.hparams.user_encoder)
         return self._user_tokenizer
 
     def _data_dir(self) -> Path:
@@ -322,6 +317,7 @@ class LaMPDataModule(LightningDataModule):
             store = self._store(split)
             self._rankings(store)  # builds the store and the ranking cache once
             if self.uses_pplug:
+                self.user_tokenizer  # noqa: B018 (a folder without a tokenizer stops here, not in the cache)
                 self._history(store)  # embeds the history items once (cached)
 
     def _history(self, store):
@@ -342,8 +338,7 @@ class LaMPDataModule(LightningDataModule):
         if not self.uses_pplug:
             return dataset
         h = self.hparams
-        ids = [ex.id for ex in store]
-        queries = tokenize_queries(store, self.user_tokenizer, h.query_instruction, h.query_max_length)
+        ids, queries = tokenize_queries(store, self.user_tokenizer, h.query_instruction, h.query_max_length)
         return PPlugDataset(dataset, ids, queries, self._history(store), h.history_max_items,
                             source=str(getattr(store, "questions_path", "<questions>")))
 

@@ -33,16 +33,19 @@ from lamp_fid.tasks import get_task
 
 
 def tokenize_queries(store, tokenizer, instruction: str, max_length: int,
-                     chunk: int = 256) -> list[np.ndarray]:
-    """Every example's ``instruction + φq(x)`` as int32 token ids (truncated to ``max_length``), in
-    store order."""
+                     chunk: int = 256) -> tuple[list[str], list[np.ndarray]]:
+    """The example ids, and every example's ``instruction + φq(x)`` as int32 token ids (truncated to
+    ``max_length``), in store order (one pass over the store)."""
     task = get_task(store.task)
-    texts = [instruction + task.query_of(ex.input) for ex in store]
+    ids, texts = [], []
+    for ex in store:
+        ids.append(ex.id)
+        texts.append(instruction + task.query_of(ex.input))
     out: list[np.ndarray] = []
     for s in range(0, len(texts), chunk):
         enc = tokenizer(texts[s:s + chunk], truncation=True, max_length=max_length)["input_ids"]
-        out.extend(np.asarray(ids, dtype=np.int32) for ids in enc)
-    return out
+        out.extend(np.asarray(row, dtype=np.int32) for row in enc)
+    return ids, out
 
 
 class PPlugDataset(Dataset):

@@ -1,8 +1,8 @@
 """PPlug training step vs full fine-tuning of the same LM on the same batches: step time and peak memory.
 
-One random-init T5 of the real Flan-T5 config, with its own lm_head as the checkpoints have (``--lm small``: ../shared/assets/flan-t5-small/config.json;
-``--lm base``: the same with Flan-T5-base's sizes, d_model 768, d_ff 2048, 12+12 layers, 12 heads) and
-the same random batches (``--batch`` inputs of ``--length`` tokens, targets of ``--target`` tokens,
+One random-init T5 of the real Flan-T5 config, with its own lm_head as the checkpoints have
+(``--lm small``: ../shared/assets/flan-t5-small/config.json; ``--lm base``: the same with Flan-T5-base's
+sizes, d_model 768, d_ff 2048, 12+12 layers, 12 heads) and the same random batches (``--batch`` inputs of ``--length`` tokens, targets of ``--target`` tokens,
 ``--items`` frozen history vectors per user, queries of ``--query`` tokens) in three variants:
 
   full    the LM alone, every parameter trained (plain input ids): full fine-tuning
@@ -157,8 +157,8 @@ def main() -> None:
             sys.exit(f"{variant} failed:\n{out.stderr[-2000:]}")
         rows[variant] = json.loads(out.stdout.strip().splitlines()[-1])
     ref = rows.get("full")
-    print("| variant | LM params | trained params | step (s) | setup RSS (MiB) | peak RSS (MiB) | train = peak - setup (MiB) "
-          "| peak / full | train / full | step / full |")
+    print("| variant | LM params | trained params | step (s) | setup RSS (MiB) | peak RSS (MiB) "
+          "| train = peak - setup (MiB) | peak / full | train / full | step / full |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         train = r["peak_mib"] - r["setup_mib"]

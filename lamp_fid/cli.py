@@ -22,8 +22,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "tune": ("lamp_fid.tune", "tune", "grid of retrievers x k on dev: the paper's tuned profile"),
     "report": ("lamp_fid.report", "report", "collect finished runs into tables and plots"),
     "submit": ("lamp_fid.submit", "submit", "package test predictions for the LaMP leaderboard"),
-    "demo": ("lamp_fid.demo", "demo", "offline demo: personalized FiD vs the non-personalized baseline"),
-    "demo-data": ("lamp_fid.data.demo", "demo_data", "generate the offline demo's data, tokenizer and tiny T5"),
+    "demo": ("lamp_fid.demo", "demo", "offline demo: personalized FiD and PPlug vs the non-personalized baseline"),
+    "demo-data": ("lamp_fid.data.demo", "demo_data", "the offline demo's data, tokenizer, tiny T5 and user encoder"),
 }
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: how a shell reports a producer whose reader went away
 LIGHTNING_COMMANDS = {

@@ -66,8 +66,10 @@ def test_every_seed_is_checked_and_a_losing_seed_is_named():
         return {"LaMP_3": {"none": base, "fid": fid, "pplug": pplug}}
 
     per_seed_metrics = [
-        seed({"val/MAE": 1.25, "val/RMSE": 1.5}, {"val/MAE": 0.5, "val/RMSE": 0.875}, {"val/MAE": 0.75, "val/RMSE": 1.0}),
-        seed({"val/MAE": 1.0, "val/RMSE": 0.5}, {"val/MAE": 0.75, "val/RMSE": 0.75}, {"val/MAE": 0.5, "val/RMSE": 0.25}),
+        seed({"val/MAE": 1.25, "val/RMSE": 1.5}, {"val/MAE": 0.5, "val/RMSE": 0.875},
+             {"val/MAE": 0.75, "val/RMSE": 1.0}),
+        seed({"val/MAE": 1.0, "val/RMSE": 0.5}, {"val/MAE": 0.75, "val/RMSE": 0.75},
+             {"val/MAE": 0.5, "val/RMSE": 0.25}),
         seed({"val/MAE": 1.25, "val/RMSE": 2.0}, {"val/MAE": 1.25, "val/RMSE": 1.0}, {"val/MAE": 1.0, "val/RMSE": 1.0})]
     rows = _rows(["LaMP_3"], [0, 1, 2], ["none", "fid", "pplug"], per_seed_metrics)
     mae, rmse = rows
@@ -197,7 +199,8 @@ def test_runs_of_other_settings_are_refused_or_retrained_never_reported(small_wo
 
     (out / "demo_results.md").unlink()  # as after an interrupted demo: runs, no report yet
     with pytest.raises(SystemExit):
-        main(["demo", "--output_dir", str(out), "--tasks", "[LaMP_3]", "--threads", "2", "--methods", "[none, pplug+fid]",
+        main(["demo", "--output_dir", str(out), "--tasks", "[LaMP_3]", "--threads", "2",
+              "--methods", "[none, pplug+fid]",
               "--overrides", json.dumps(STEPS)])
     assert "runs there were trained with other settings (threads changed)" in capsys.readouterr().err
     with pytest.raises(LaMPError, match="overrides changed"):

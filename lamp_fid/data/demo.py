@@ -431,8 +431,8 @@ def pretrain_user_encoder(encoder_dir: Path, data_dir: Path, tasks: Iterable[str
                 for batch in torch.randperm(len(items), generator=g).split(batch_size):
                     chosen = [items[i] for i in batch.tolist()]
                     enc = tokenizer([text for _, text, _ in chosen], padding=True, return_tensors="pt")
-                    vec = pool(model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state,
-                               enc["attention_mask"], "mean") * scale
+                    hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+                    vec = pool(hidden, enc["attention_mask"], "mean") * scale
                     loss = 0.0
                     for t in names:
                         rows = [j for j, (task, _, _) in enumerate(chosen) if task == t]

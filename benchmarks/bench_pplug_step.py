@@ -2,8 +2,9 @@
 
 One random-init T5 of the real Flan-T5 config, with its own lm_head as the checkpoints have
 (``--lm small``: ../shared/assets/flan-t5-small/config.json; ``--lm base``: the same with Flan-T5-base's
-sizes, d_model 768, d_ff 2048, 12+12 layers, 12 heads) and the same random batches (``--batch`` inputs of ``--length`` tokens, targets of ``--target`` tokens,
-``--items`` frozen history vectors per user, queries of ``--query`` tokens) in three variants:
+sizes, d_model 768, d_ff 2048, 12+12 layers, 12 heads) and the same random batches (``--batch`` inputs
+of ``--length`` tokens, targets of ``--target`` tokens, ``--items`` frozen history vectors per user,
+queries of ``--query`` tokens) in three variants:
 
   full    the LM alone, every parameter trained (plain input ids): full fine-tuning
   pplug   PPlug as the paper trains it: the LM frozen (requires_grad False, not in the optimizer),

@@ -362,6 +362,60 @@ def plot_best_vs_baseline(groups: list[Group], plt) -> bytes | None:
     return data
 
 
+#: How :func:`plot_modes` names each mode (a mode not listed keeps its own name).
+MODE_NAMES = {"none": "non-personalized", "fid": "FiD", "ipa": "IPA", "pplug": "PPlug",
+              "pplug+ipa": "PPlug+IPA", "pplug+fid": "PPlug+FiD"}
+
+
+def mode_bars(g: Group) -> list[tuple[str, Result]]:
+    """The bars of :func:`plot_modes`: the group's baseline, then the best run of each mode by the
+    monitor metric (modes in :data:`MODE_NAMES` order, others after them by name), each labelled with
+    its mode's name and, for a mode that reads retrieved items, its layout (if not official), retriever
+    and k: ``non-personalized``, ``FiD (bm25, k=4)``, ``PPlug``, ``PPlug+FiD (separate, bm25, k=4)``."""
+    bars = [(MODE_NAMES["none"], g.baseline)] if g.baseline is not None else []
+    by_mode: dict[str, list[Result]] = {}
+    for r in g.rows:
+        if not r.is_baseline:
+            by_mode.setdefault(r.setting.mode, []).append(r)
+    known = list(MODE_NAMES)
+    for mode in sorted(by_mode, key=lambda m: (known.index(m) if m in known else len(known), m)):
+        runs = by_mode[mode]
+        best = best_of(runs, lambda r: r.metrics.get(g.monitor), g.task.monitor_mode) or runs[0]
+        s = best.setting
+        detail = ""
+        if s.retriever != "none" and s.k:
+            detail = f" ({'' if s.layout == 'official' else f'{s.layout}, '}{s.retriever}, k={s.k})"
+        bars.append((MODE_NAMES.get(mode, mode) + detail, best))
+    return bars
+
+
+def plot_modes(g: Group, plt) -> bytes | None:
+    """The monitor metric of the baseline and of each mode's best run side by side (FiD, IPA, PPlug,
+    PPlug+FiD, ...), one bar each, labelled by :func:`mode_bars`; None unless the group has at least
+    two personalized modes (one is already :func:`plot_best_vs_baseline`)."""
+    bars = mode_bars(g)
+    if sum(r is not g.baseline for _, r in bars) < 2:
+        return None
+    task, metric = g.task, g.monitor
+    values = [r.metrics.get(metric, math.nan) for _, r in bars]
+    colors = ["tab:gray" if r is g.baseline else f"C{i}" for i, (_, r) in enumerate(bars)]
+    fig, ax = plt.subplots(figsize=(1.5 * len(bars) + 2.0, 4.2))
+    ax.bar(range(len(bars)), [0 if math.isnan(v) else v for v in values], color=colors)
+    for i, v in enumerate(values):
+        ax.text(i, 0 if math.isnan(v) else v, "n/a" if math.isnan(v) else f"{v:.4f}", ha="center",
+                va="bottom", fontsize=8)
+    ax.set_xticks(range(len(bars)), [name for name, _ in bars], fontsize=8, rotation=12)
+    ax.set_ylabel(f"{metric} ({'lower' if direction(task, metric) == 'min' else 'higher'} is better)")
+    r = g.rows[0]
+    ax.set_title(f"{task.name} {task.title}: {metric} by mode (best run of each)\n{r.stage} · "
+                 f"{_split_text(r.split, r.setting.time_split)} · {_model_name(r.setting.model)}", fontsize=10)
+    ax.margins(y=0.15)
+    ax.grid(alpha=0.3, axis="y")
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
 def _pyplot():
     try:
         import matplotlib
@@ -408,6 +462,9 @@ def report(
             png = plot_k(g, plt)
             if png is not None:
                 files[output / f"{_stem(g)}_k.png"] = png
+            png = plot_modes(g, plt)
+            if png is not None:
+                files[output / f"{_stem(g)}_modes.png"] = png
         by_stage: dict[tuple, list[Group]] = {}
         for g in groups:
             r = g.rows[0]

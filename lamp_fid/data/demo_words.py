@@ -32,7 +32,6 @@ import datetime as _dt
 import random
 from pathlib import Path
 
-import torch
 
 from lamp_fid.data.demo import _THEME_WORD_P, _THEMES, _tagging_user, _write_json
 from lamp_fid.data.paths import split_paths
@@ -188,17 +187,8 @@ def build_demo_encoder(tokenizer_dir: str | Path, out_dir: str | Path, seed: int
     """A randomly initialised BERT-style encoder over the tokenizer in ``tokenizer_dir`` (the demo's
     word-level one), saved with that tokenizer in ``out_dir`` as an HF folder that ``--data.retriever
     dense --data.encoder <out_dir>`` loads (mean pooling, dot product). ``sizes`` override
-    :data:`DEMO_ENCODER`. The caller's torch RNG state is left as it was. Returns ``out_dir``."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    :data:`DEMO_ENCODER`. The same builder as the PPlug demo's user encoder
+    (:func:`lamp_fid.data.demo.build_user_encoder`, before its pretraining). Returns ``out_dir``."""
+    from lamp_fid.data.demo import build_user_encoder
 
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    config = BertConfig(vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
-                        type_vocab_size=2, pad_token_id=tokenizer.pad_token_id, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0, **{**DEMO_ENCODER, **sizes})
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = BertModel(config)  # with its (unused) pooler, so that AutoModel loads every weight it expects
-    out_dir = Path(out_dir)
-    model.save_pretrained(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
-    return out_dir
+    return build_user_encoder(str(tokenizer_dir), Path(out_dir), seed=seed, **{**DEMO_ENCODER, **sizes})

@@ -96,6 +96,21 @@ def _read_cell(run_dir: Path, cell: RunSetting) -> dict:
             "step": results.step, "split": results.split, "monitor": results.monitor}
 
 
+def run_in_process(args: list[str]):
+    """One ``lamp-fid fit/validate/test/predict`` run in this process, through the same Lightning CLI
+    code path as the command line (``train.lightning_main``); its memory is released afterwards.
+    Returns the finished CLI (its trainer and callbacks)."""
+    from lamp_fid import train
+
+    try:
+        with warnings.catch_warnings():
+            # expected: the run's args differ from the calling command's own sys.argv
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            return train.lightning_main(args)
+    finally:
+        _release_memory()
+
+
 def _release_memory() -> None:
     """Free the finished cell's model before the next one is built (GPU memory is not shared back
     to the allocator until the last reference to the trainer goes)."""
@@ -180,7 +195,6 @@ def tune(
     """
     from lightning.pytorch.utilities import rank_zero_only
 
-    from lamp_fid import train  # Lightning, imported when needed (`lamp-fid tune --help` is fast)
 
     config, runs_dir, overrides = Path(fit_config), Path(runs_dir), [str(o) for o in overrides]
     if not config.is_file():
@@ -230,13 +244,7 @@ def tune(
         print(f"{where}: {says}", flush=True)
         try:
             if cell["status"] != "done":
-                try:
-                    with warnings.catch_warnings():
-                        # expected here: each cell's args differ from `lamp-fid tune`'s own sys.argv
-                        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-                        train.lightning_main(args)
-                finally:
-                    _release_memory()
+                run_in_process(args)
             cell.update(_read_cell(run_dir, setting))
         except KeyboardInterrupt:
             cell.update(status="interrupted", error="interrupted")

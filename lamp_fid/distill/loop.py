@@ -41,7 +41,6 @@ import hashlib
 import json
 import shutil
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
@@ -120,9 +119,8 @@ def _encoder_done(path: Path) -> bool:
 def fit_reader(fit_config: Path, run_dir: Path, retriever: str, encoder: str, overrides: list[str]) -> dict:
     """Fit round r's reader into ``run_dir`` (resumed from its ``last.ckpt`` if a fit was cut short);
     return its ``results.json`` fields."""
-    from lamp_fid import train
     from lamp_fid.setting import read_results
-    from lamp_fid.tune import _release_memory, plan
+    from lamp_fid.tune import plan, run_in_process
 
     status, extra, says = plan(run_dir)
     print(f"{run_dir}: {says}", flush=True)
@@ -130,12 +128,7 @@ def fit_reader(fit_config: Path, run_dir: Path, retriever: str, encoder: str, ov
         args = ["fit", "--config", str(fit_config), "--data.mode", "fid", "--data.retriever", retriever,
                 "--data.encoder", encoder, "--run_name", run_dir.name, "--runs_dir", str(run_dir.parent),
                 *overrides, *extra]
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-                train.lightning_main(args)
-        finally:
-            _release_memory()
+        run_in_process(args)
     path = run_dir / "results.json"
     if not path.exists():
         raise LaMPError(f"{path}: the reader's fit ended without writing it (no validation ran? see "
@@ -151,23 +144,17 @@ def score_split(run_dir: Path, checkpoint: str, split: str, candidates: int, out
     """The reader's passage scores (``variant`` fid or atlas) of the ``split`` questions over the current
     retriever's top ``candidates`` items, through ``lamp-fid predict --model.passage_scores``; copied to
     ``out``."""
-    from lamp_fid import train
     from lamp_fid.callbacks import LaMPPredictionWriter
     from lamp_fid.distill.scores import read_scores, write_scores
     from lamp_fid.distill.collect import scores_path
-    from lamp_fid.tune import _release_memory
+    from lamp_fid.tune import run_in_process
 
     args = ["predict", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(checkpoint),
             "--data.predict_split", split, "--data.k", str(candidates), "--model.passage_scores", variant,
             "--run_name", run_dir.name, "--runs_dir", str(run_dir.parent), *overrides]
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            cli = train.lightning_main(args)
-        writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, LaMPPredictionWriter))
-        predictions = writer.written["predict"]
-    finally:
-        _release_memory()
+    cli = run_in_process(args)
+    writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, LaMPPredictionWriter))
+    predictions = writer.written["predict"]
     write_scores(out, read_scores(scores_path(predictions)), overwrite=True)
 
 

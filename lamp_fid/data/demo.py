@@ -316,6 +316,18 @@ def build_tokenizer(source: Path | Iterable[str], out_dir: Path | None = None, *
     return fast
 
 
+def _save_initialised(model_class, config, tokenizer, out_dir: Path, seed: int) -> Path:
+    """``model_class(config)`` initialised from ``seed`` (the caller's torch RNG state is left as it
+    was), saved with ``tokenizer`` in ``out_dir`` as an HF folder; return ``out_dir``."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = model_class(config)
+    out_dir = Path(out_dir)
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    return out_dir
+
+
 def build_tiny_t5(tokenizer: PreTrainedTokenizerFast | str | Path, out_dir: Path, d_model: int = 128,
                   d_ff: int = 256, num_layers: int = 2, num_decoder_layers: int | None = None,
                   num_heads: int = 4, dropout_rate: float = 0.0, initializer_factor: float = 1.0,
@@ -337,13 +349,7 @@ def build_tiny_t5(tokenizer: PreTrainedTokenizerFast | str | Path, out_dir: Path
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id, feed_forward_proj="relu",
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = T5ForConditionalGeneration(config)
-    out_dir = Path(out_dir)
-    model.save_pretrained(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
-    return out_dir
+    return _save_initialised(T5ForConditionalGeneration, config, tokenizer, out_dir, seed)
 
 
 def build_user_encoder(tokenizer: PreTrainedTokenizerFast | str | Path, out_dir: Path, hidden_size: int = 64,
@@ -365,13 +371,7 @@ def build_user_encoder(tokenizer: PreTrainedTokenizerFast | str | Path, out_dir:
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = BertModel(config)
-    out_dir = Path(out_dir)
-    model.save_pretrained(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
-    return out_dir
+    return _save_initialised(BertModel, config, tokenizer, out_dir, seed)
 
 
 def _profile_items(data_dir: Path, tasks: Iterable[str]) -> list[tuple[str, str, str]]:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import tiny
 from lamp_fid.data.example import Example
 from lamp_fid.errors import LaMPError
 from lamp_fid.retrieval.base import make_retriever
@@ -23,26 +24,8 @@ def sentence(rng: random.Random, lo: int = 1, hi: int = 40) -> str:
 
 @pytest.fixture(scope="module")
 def encoder_dir(tmp_path_factory) -> str:
-    """A 2-layer BERT (random weights) + WordLevel tokenizer saved with save_pretrained."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator([" ".join(WORDS)] * 3, trainers.WordLevelTrainer(special_tokens=special))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")),
-                                                 ("[SEP]", tok.token_to_id("[SEP]"))])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                   cls_token="[CLS]", sep_token="[SEP]", model_max_length=32)
-    fast.save_pretrained(path)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=32)
-    BertModel(config).save_pretrained(path)
-    return str(path)
+    """A 2-layer BERT (random weights, dropout 0.1) + WordLevel tokenizer (``tiny.build_tiny_bert``)."""
+    return str(tiny.build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), WORDS, dropout=0.1))
 
 
 def examples(n_users: int = 6, seed: int = 0) -> list[Example]:

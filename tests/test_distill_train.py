@@ -9,6 +9,7 @@ import random
 import pytest
 import torch
 
+import tiny
 from lamp_fid.data.example import Example
 from lamp_fid.distill.trainer import (INFO_FILE, DistillQuestion, DistillSettings, distill, embed, kl_loss,
                                       load_encoder, mean_kl, questions_from_scores, save_encoder,
@@ -28,27 +29,9 @@ def encoder_dir(tmp_path_factory) -> str:
 
 
 def build_encoder(path, seed: int = 0) -> str:
-    """A random 2-layer BERT and a WordLevel tokenizer over both vocabularies, saved with save_pretrained."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
+    """A random 2-layer BERT and a WordLevel tokenizer over both vocabularies (``tiny.build_tiny_bert``)."""
     words = [w for ws in QUERY_WORDS + ITEM_WORDS for w in ws] + ["review:", "rate", "this"]
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-    tok.train_from_iterator([" ".join(words)], trainers.WordLevelTrainer(special_tokens=specials))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[(s, tok.token_to_id(s)) for s in ("[CLS]", "[SEP]")])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]", model_max_length=32)
-    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=34,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        BertModel(config).save_pretrained(path)
-    fast.save_pretrained(path)
-    return str(path)
+    return str(tiny.build_tiny_bert(path, words, max_positions=34, seed=seed, split_punctuation=False))
 
 
 def themed_examples(n: int, seed: int) -> tuple[list[Example], dict[str, dict[str, float]]]:

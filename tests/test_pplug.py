@@ -12,33 +12,15 @@ from torch.testing import assert_close
 
 from lamp_fid.errors import LaMPError
 from lamp_fid.pplug import BGE_INSTRUCTION, PersonaPlug, pool, prepend_soft_tokens
+import tiny
 from tiny import build_tiny_t5
 
 WORDS = [f"w{i}" for i in range(40)]
 
 
 def build_tiny_bert(path: str | Path, seed: int = 0, hidden: int = 16) -> Path:
-    """A 2-layer random BERT + WordLevel tokenizer (``[CLS] ... [SEP]``) saved with save_pretrained."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    path = Path(path)
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator([" ".join(WORDS)] * 3, trainers.WordLevelTrainer(special_tokens=special))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")),
-                                                 ("[SEP]", tok.token_to_id("[SEP]"))])
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                            sep_token="[SEP]", model_max_length=64).save_pretrained(path)
-    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        BertModel(config).save_pretrained(path)
-    return path
+    """A 2-layer random BERT + WordLevel tokenizer over :data:`WORDS` (``tiny.build_tiny_bert``)."""
+    return tiny.build_tiny_bert(path, WORDS, hidden=hidden, intermediate=32, max_length=64, seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
+import torch
 from torch.utils.data import DataLoader
 
 from lamp_fid.data import demo
@@ -82,3 +83,32 @@ def passage_loader(tokenizer, examples: list[dict], batch_size: int = 2) -> Data
     (what :class:`PassageDataset` yields), in order."""
     collate = PassageCollator(tokenizer, max_length=512, max_target_length=128)
     return DataLoader(examples, batch_size=batch_size, shuffle=False, collate_fn=collate)
+
+
+def build_tiny_bert(path: str | Path, words: Iterable[str], *, hidden: int = 32, intermediate: int = 64,
+                    max_length: int = 32, max_positions: int | None = None, dropout: float = 0.0,
+                    seed: int = 0, split_punctuation: bool = True) -> Path:
+    """A random 2-layer BERT (2 heads) and a WordLevel tokenizer over ``words`` (``[CLS] ... [SEP]``,
+    ``[PAD]``/``[UNK]``; ``split_punctuation``: Whitespace, else WhitespaceSplit pre-tokenization), saved
+    with ``save_pretrained`` in ``path``: the tests' dense retriever, history and query encoder.
+    Initialised from ``seed``; the caller's torch RNG state is left as it was."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    path = Path(path)
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace() if split_punctuation else pre_tokenizers.WhitespaceSplit()
+    tok.train_from_iterator([" ".join(words)],
+                            trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[(s, tok.token_to_id(s)) for s in ("[CLS]", "[SEP]")])
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                            sep_token="[SEP]", model_max_length=max_length).save_pretrained(path)
+    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=intermediate,
+                        max_position_embeddings=max_positions or max_length,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        BertModel(config).save_pretrained(path)
+    return path

@@ -131,7 +131,7 @@ def _plot(words: list[dict], lamp2: list[dict] | None, path: Path) -> bool:
 
 
 def demo_distill(output_dir: Path = Path("demo_runs/distill"), seed: int = 0, rounds: int = 2,
-                 scores: Literal["fid", "atlas"] = "atlas", encoder_steps: int = 300, encoder_lr: float = 1e-3,
+                 scores: Literal["fid", "atlas", "pdist"] = "pdist", encoder_steps: int = 300, encoder_lr: float = 1e-3,
                  temperature: float = 1.0, lamp2: bool = True, users: tuple[int, int] = (200, 50),
                  tags: Literal["theme", "any"] = "theme", threads: int = 1,
                  overrides: list[str] = [], overwrite: bool = False) -> dict:  # noqa: B006
@@ -144,8 +144,11 @@ def demo_distill(output_dir: Path = Path("demo_runs/distill"), seed: int = 0, ro
             LaMP_2 demo's), and demo_distill.md / .json / .png (the table and plot).
         seed: seed of the data, the models' initialisation and the training order.
         rounds: distillation rounds on the words task (the table shows every round).
-        scores: the reader's passage scores the encoder learns from: atlas (attention of the gold output
-            weighted by value norms) or fid (first decoded token; see docs/distill.md).
+        scores: the reader's passage scores the encoder learns from: pdist (default: the gold output's
+            log-likelihood reading one passage at a time, Atlas's perplexity distillation), atlas
+            (attention of the gold output weighted by value norms) or fid (first decoded token's
+            cross-attention; see docs/distill.md). The demo's tiny reader's attention hardly separates
+            the useful items (docs/distill.md#demo-results), hence pdist.
         encoder_steps: encoder optimizer steps per round (batches of 16 questions).
         encoder_lr: encoder learning rate (the encoder is trained from scratch, hence higher than FiD's 1e-4).
         temperature: reader scores are divided by it before the softmax.

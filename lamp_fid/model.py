@@ -22,7 +22,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from lamp_fid.distill.collect import (STAGE_SPLIT, PassageScores, check_mode, items_of_batch, split_has_outputs,
                                       stage_split)
-from lamp_fid.distill.scores import Scores, passage_scores as reader_passage_scores, scores_by_item
+from lamp_fid.distill.scores import VARIANTS as SCORE_VARIANTS, Scores, passage_scores as reader_passage_scores, scores_by_item
 from lamp_fid.distributed import gather_objects, merge_rank_outputs
 from lamp_fid.errors import LaMPError
 from lamp_fid.metrics import score
@@ -88,8 +88,10 @@ class FiDModule(LightningModule):
                 and losses are bit-identical in eval (benchmarks/RESULTS.md); in training only the
                 dropout draws differ. False encodes every passage.
             passage_scores: validate/test/predict also score every passage by the reader's cross-attention
-                (docs/distill.md): fid (first decoded token, pre-softmax, Izacard & Grave) or atlas
-                (value-norm weighted attention of the gold target; needs outputs), written as
+                (docs/distill.md): fid (first decoded token, pre-softmax, Izacard & Grave), atlas
+                (value-norm weighted attention of the gold target; needs outputs) or pdist (Atlas's
+                perplexity distillation: log-likelihood of the gold target reading that one passage;
+                needs outputs, one teacher-forced decoder pass per passage), written as
                 {question id: {profile item id: score}} beside the predictions; needs --data.mode fid.
                 Predictions are unchanged; none (default) scores nothing. Not collected during fit.
             mode: the data's mode (linked from --data.mode by the CLI); the PPlug modes (pplug,
@@ -156,8 +158,8 @@ class FiDModule(LightningModule):
         # (id, (output, gold, {item id: passage score} or None))
         self._step_outputs: list[tuple[str, tuple[str, str | None, dict[str, float] | None]]] = []
         self._label_ids: list[torch.Tensor] | None = None
-        if passage_scores not in ("none", "fid", "atlas"):
-            raise LaMPError(f"passage_scores must be none, fid or atlas, got {passage_scores!r}")
+        if passage_scores not in ("none", *SCORE_VARIANTS):
+            raise LaMPError(f"passage_scores must be none, fid, atlas or pdist, got {passage_scores!r}")
         #: {question id: {profile item id: score}} of the last validate/test/predict epoch (passage_scores)
         self.item_scores: Scores | None = None
         #: {question id: [profile item id or None per passage]} of the evaluated split; setup() fills it
@@ -364,7 +366,7 @@ class FiDModule(LightningModule):
         return self.hparams.passage_scores != "none" and getattr(fn, "value", None) in STAGE_SPLIT
 
     def setup(self, stage: str) -> None:
-        """With ``passage_scores``: check the data (mode fid; atlas needs outputs) and take the
+        """With ``passage_scores``: check the data (mode fid; atlas and pdist need outputs) and take the
         evaluated split's per-passage item ids from the LaMPDataModule (set up before this hook)."""
         if self.hparams.passage_scores == "none" or stage not in STAGE_SPLIT:
             return
@@ -376,8 +378,9 @@ class FiDModule(LightningModule):
             return
         check_mode(datamodule.hparams.mode)
         split = stage_split(datamodule, stage)
-        if self.hparams.passage_scores == "atlas" and not split_has_outputs(datamodule.datasets[split]):
-            raise LaMPError(f"--model.passage_scores atlas needs the gold outputs (teacher forcing) and the "
+        variant = self.hparams.passage_scores
+        if variant in ("atlas", "pdist") and not split_has_outputs(datamodule.datasets[split]):
+            raise LaMPError(f"--model.passage_scores {variant} needs the gold outputs (teacher forcing) and the "
                             f"{split} split has none: use --model.passage_scores fid, or a split with outputs")
         self.passage_items = datamodule.passage_items(split)
 
@@ -389,14 +392,19 @@ class FiDModule(LightningModule):
         if not self._collecting():
             return [None] * len(ids)
         variant, labels = self.hparams.passage_scores, batch.get("labels")
-        if variant == "atlas" and labels is None:
-            raise LaMPError("--model.passage_scores atlas needs the gold outputs (teacher forcing); this "
+        if variant in ("atlas", "pdist") and labels is None:
+            raise LaMPError(f"--model.passage_scores {variant} needs the gold outputs (teacher forcing); this "
                             "split has none: use --model.passage_scores fid")
         if self.passage_items is None:
             raise LaMPError("--model.passage_scores needs each passage's profile item id: use the "
                             "LaMPDataModule (or set FiDModule.passage_items)")
-        scores = reader_passage_scores(self.model, encoded, mask, batch["input_ids"].shape[1], variant, labels)
         items = items_of_batch(self.passage_items, ids)
+        n_passages = batch["input_ids"].shape[1]
+        context = None
+        if variant == "pdist":  # passages without an item (the separate layout's input) are read with each
+            context = torch.tensor([[j < len(row) and row[j] is None for j in range(n_passages)] for row in items],
+                                   dtype=torch.bool, device=mask.device)
+        scores = reader_passage_scores(self.model, encoded, mask, n_passages, variant, labels, context)
         # one example at a time: an evaluation batch may repeat an example (a padded shard)
         return [scores_by_item([qid], [row_items], scores[b:b + 1])[qid]
                 for b, (qid, row_items) in enumerate(zip(ids, items))]

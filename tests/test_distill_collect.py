@@ -167,6 +167,41 @@ def test_atlas_scores_need_outputs(root):
         trainer(root).predict(reader(root, passage_scores="atlas"), datamodule=datamodule(root))
 
 
+@pytest.mark.parametrize("layout", ["separate", "official"])
+def test_pdist_scores_read_each_item_with_the_passages_that_hold_no_item(root, layout):
+    """pdist through Lightning's validate: the model passes the passages without an item (the separate
+    layout's input passage) as context, and its numbers equal the function's on the loader's batches
+    with that context; predictions stay bit-identical; the test split (no outputs) is refused."""
+    plain = reader(root)
+    trainer(root).validate(plain, datamodule=datamodule(root, layout=layout), verbose=False)
+    dm = datamodule(root, layout=layout)
+    scored = reader(root, passage_scores="pdist")
+    trainer(root).validate(scored, datamodule=dm, verbose=False)
+    assert scored.predictions == plain.predictions and len(scored.item_scores) == 7
+
+    model = reader(root).eval()
+    items = dm.passage_items("dev")
+    want, contexts = {}, 0
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            encoded, mask = model.fuse(batch["input_ids"], batch["attention_mask"])
+            rows = [items[i] for i in batch["ids"]]
+            k = batch["input_ids"].shape[1]
+            context = torch.tensor([[j < len(r) and r[j] is None for j in range(k)] for r in rows])
+            contexts += int(context.sum())
+            scores = passage_scores(model.model, encoded, mask, k, "pdist", batch["labels"], context)
+            want.update(scores_by_item(batch["ids"], rows, scores))
+    if layout == "separate":
+        assert contexts >= 7  # every example has its input passage
+    assert want.keys() == scored.item_scores.keys()
+    for qid, row in want.items():
+        assert list(scored.item_scores[qid]) == list(row)
+        for item, value in row.items():
+            assert value <= 0 and math.isclose(scored.item_scores[qid][item], value, rel_tol=1e-5, abs_tol=1e-5)
+    with pytest.raises(LaMPError, match="pdist needs the gold outputs .* the test split has none"):
+        trainer(root).predict(reader(root, passage_scores="pdist"), datamodule=datamodule(root, layout=layout))
+
+
 def test_scores_need_the_fid_mode_and_item_ids(root):
     with pytest.raises(LaMPError, match=r"^--model.passage_scores needs --data.mode fid .* got --data.mode ipa$"):
         trainer(root).validate(reader(root, passage_scores="fid"), datamodule=datamodule(root, mode="ipa"),
@@ -175,5 +210,5 @@ def test_scores_need_the_fid_mode_and_item_ids(root):
     dm.setup("validate")
     with pytest.raises(LaMPError, match="needs each passage's profile item id"):
         trainer(root).validate(reader(root, passage_scores="fid"), dm.val_dataloader(), verbose=False)
-    with pytest.raises(LaMPError, match="passage_scores must be none, fid or atlas"):
+    with pytest.raises(LaMPError, match="passage_scores must be none, fid, atlas or pdist"):
         reader(root, passage_scores="max")

@@ -105,6 +105,41 @@ def test_atlas_scores_equal_a_hand_computation_from_transformers_attention(reade
         passage_scores(eager, encoded, mask, k, variant="atlas")
 
 
+def test_pdist_scores_equal_the_loss_of_the_reader_given_that_passage_alone(reader):
+    """pdist of passage j = the gold output's log-likelihood when the reader is given passage j (and the
+    context passages) *alone*: encoded on its own, no other passage in the cross-attention. The oracle
+    is transformers' own loss (mean token NLL) on that smaller input, times the number of target tokens."""
+    module, eager, batch = reader
+    B, k, L = batch["input_ids"].shape
+    with torch.no_grad():
+        encoded, mask = module.fuse(batch["input_ids"], batch["attention_mask"])
+        scores = passage_scores(module.model, encoded, mask, k, variant="pdist", labels=batch["labels"])
+        context = torch.tensor([[True, False, False], [False, False, False]])  # example 0 reads passage 0 with each
+        with_context = passage_scores(module.model, encoded, mask, k, variant="pdist", labels=batch["labels"],
+                                      context=context)
+        for b in range(B):
+            labels = batch["labels"][b:b + 1]
+            n_targets = int((labels != -100).sum())
+            for j in range(k):
+                for got, read in ((scores, [j]), (with_context, sorted({j} | ({0} if b == 0 else set())))):
+                    ids = batch["input_ids"][b, read]  # [n, L]
+                    m = batch["attention_mask"][b, read]
+                    if not bool(batch["attention_mask"][b, j].any()):
+                        assert got[b, j] == -math.inf  # a padding passage
+                        continue
+                    alone = eager(input_ids=ids.reshape(1, -1)[:, m.reshape(-1).bool()], labels=labels).loss \
+                        if len(read) == 1 else None
+                    if alone is None:  # two passages: encode each alone (FiD), fuse, then the loss
+                        states = torch.cat([eager.get_encoder()(input_ids=ids[i:i + 1, m[i].bool()]).last_hidden_state
+                                            for i in range(len(read))], dim=1)
+                        alone = eager(encoder_outputs=BaseModelOutput(last_hidden_state=states), labels=labels).loss
+                    assert got[b, j].item() == pytest.approx(-alone.item() * n_targets, rel=1e-4, abs=1e-4)
+    assert scores[1, 2] == -math.inf and torch.isfinite(scores[0]).all()
+    assert not torch.equal(scores[0], with_context[0])  # the context passage changes what passage 1 and 2 read
+    with pytest.raises(LaMPError, match="pdist passage scores need the target labels"):
+        passage_scores(module.model, encoded, mask, k, variant="pdist")
+
+
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_collecting_scores_does_not_change_generated_outputs(reader, num_beams):
     module, _, batch = reader
@@ -119,6 +154,7 @@ def test_collecting_scores_does_not_change_generated_outputs(reader, num_beams):
         before, texts_before = generate(), module.decode(encoded, mask)
         passage_scores(model, encoded, mask, 3)
         passage_scores(model, encoded, mask, 3, variant="atlas", labels=batch["labels"])
+        passage_scores(model, encoded, mask, 3, variant="pdist", labels=batch["labels"])
         after, texts_after = generate(), module.decode(encoded, mask)
     assert torch.equal(before, after) and texts_before == texts_after
     assert before.shape[1] > 2  # the tiny model generates something, so the comparison is not vacuous

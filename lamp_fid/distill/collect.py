@@ -1,6 +1,6 @@
 """Passage scores collected by the FiD reader during validate/test/predict, and where they are written.
 
-``FiDModule(passage_scores="fid" | "atlas")`` computes :func:`lamp_fid.distill.scores.passage_scores`
+``FiDModule(passage_scores="fid" | "atlas" | "pdist")`` computes :func:`lamp_fid.distill.scores.passage_scores`
 on the fused encoder states that generation reads (one extra decoder step per batch), maps each passage
 to its profile item id (:meth:`lamp_fid.data.module.LaMPDataModule.passage_items`) and keeps
 ``{question id: {profile item id: score}}`` for the epoch; the prediction writer puts them beside the
@@ -16,7 +16,7 @@ from typing import Literal
 
 from lamp_fid.errors import LaMPError
 
-PassageScores = Literal["none", "fid", "atlas"]
+PassageScores = Literal["none", "fid", "atlas", "pdist"]
 #: the trainer's stage -> the datamodule option naming the split it reads
 STAGE_SPLIT = {"validate": "val_split", "test": "test_split", "predict": "predict_split"}
 

@@ -141,7 +141,7 @@ def fit_reader(fit_config: Path, run_dir: Path, retriever: str, encoder: str, ov
 
 def score_split(run_dir: Path, checkpoint: str, split: str, candidates: int, out: Path,
                 overrides: list[str], variant: str = "fid") -> None:
-    """The reader's passage scores (``variant`` fid or atlas) of the ``split`` questions over the current
+    """The reader's passage scores (``variant`` fid, atlas or pdist) of the ``split`` questions over the current
     retriever's top ``candidates`` items, through ``lamp-fid predict --model.passage_scores``; copied to
     ``out``."""
     from lamp_fid.callbacks import LaMPPredictionWriter
@@ -317,7 +317,7 @@ def distill_loop(
     retriever: Literal["bm25", "dense"] = "bm25",
     encoder: str = "facebook/contriever",
     candidates: int = 16,
-    scores: Literal["fid", "atlas"] = "fid",
+    scores: Literal["fid", "atlas", "pdist"] = "fid",
     useful_items: Path | None = None,
     recall_k: int = 4,
     steps: int = 1000,
@@ -349,8 +349,10 @@ def distill_loop(
         candidates: n, the retriever's top-n items the reader scores per question (FiD runs with k = n
             for scoring) and the encoder is distilled over.
         scores: the reader's passage scores: fid (first decoded token's pre-softmax cross-attention,
-            Izacard & Grave) or atlas (value-norm weighted attention of the teacher-forced gold output;
-            needs the train and dev outputs).
+            Izacard & Grave), atlas (value-norm weighted attention of the teacher-forced gold output) or
+            pdist (Atlas's perplexity distillation: the gold output's log-likelihood reading one
+            passage at a time; n teacher-forced decoder passes per question). atlas and pdist need the
+            train and dev outputs.
         useful_items: JSON {dev question id: [profile item ids]} of items known to carry the signal
             (generated data): recall@k of them is reported per round.
         recall_k: k of that recall.
@@ -366,6 +368,7 @@ def distill_loop(
             '["--trainer.max_steps=300"]'.
         overwrite: start afresh in a loop folder that holds a loop with other settings.
     """
+    from lamp_fid.distill.scores import VARIANTS as SCORE_VARIANTS
     from lamp_fid.distill.trainer import DistillSettings
     from lamp_fid.retrieval.dense import encoder_identity
     from lamp_fid.tasks import get_task
@@ -376,8 +379,8 @@ def distill_loop(
     for name, value in (("rounds", rounds), ("candidates", candidates), ("recall_k", recall_k)):
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "rounds" else 1):
             raise LaMPError(f"--{name}: {value!r} must be an integer >= {0 if name == 'rounds' else 1}")
-    if scores not in ("fid", "atlas"):
-        raise LaMPError(f"--scores {scores!r}: use fid or atlas")
+    if scores not in SCORE_VARIANTS:
+        raise LaMPError(f"--scores {scores!r}: use fid, atlas or pdist")
     if retriever not in ("bm25", "dense"):
         raise LaMPError(f"--retriever {retriever!r}: round 0 reads with bm25 or dense")
     for arg in overrides:

@@ -16,6 +16,15 @@ Option ``atlas`` (Atlas's "ADist" reading): the post-softmax attention of each t
 token (labels != -100) times the norm of the attended value vector (per head), summed over the target
 tokens and over the passage's tokens, averaged over layers and heads. It needs the labels.
 
+Option ``pdist`` (Atlas's perplexity distillation, Izacard et al. 2022, "PDist"; not an attention
+score): the log-likelihood of the teacher-forced gold output when the decoder reads **one** passage
+(plus the passages that hold no profile item, e.g. the ``separate`` layout's input passage:
+``context``), i.e. ``sum_t log p(y_t | y_<t, input, item j)``. The encoder pass is the one generation
+reads (passages are encoded separately, so passage j's states are the same alone or fused); only the
+decoder runs again, once per passage, teacher-forced, with the other passages masked out of the
+cross-attention. It needs the labels. On the demo's tiny reader trained from scratch, whose
+cross-attention hardly separates useful items, this signal does (docs/distill.md#demo-results).
+
 A passage without tokens (a padding passage of a user with fewer than k items) scores ``-inf``: a
 softmax over an example's passages then gives it weight 0, and it never has an item id to be written.
 
@@ -24,7 +33,8 @@ forward, i.e. n passage encodings (one batched encoder call) and **one** decoder
 the fused states (during validate/test/predict the encoder pass is shared with generation, so the extra
 cost is that single decoder step). ROPG's per-item feedback takes one full generation per (question,
 item): 16 generations for its top-16, each an encoder pass and up to ``max_new_tokens`` decoder steps
-(times the beams). Our scores need a reader trained on those passages; in the loop it is the reader
+(times the beams). ``pdist`` takes n teacher-forced decoder passes (no generation, no metric) over the
+same encoder pass. Our scores need a reader trained on those passages; in the loop it is the reader
 that is trained anyway.
 """
 
@@ -42,7 +52,8 @@ from transformers.modeling_outputs import BaseModelOutput
 from lamp_fid.errors import LaMPDataError, LaMPError
 from lamp_fid.io import atomic_open
 
-Variant = Literal["fid", "atlas"]
+Variant = Literal["fid", "atlas", "pdist"]
+VARIANTS = ("fid", "atlas", "pdist")  #: the passage score kinds; atlas and pdist need the gold outputs
 Scores = dict[str, dict[str, float]]  #: question id -> profile item id -> score
 
 
@@ -128,7 +139,8 @@ def _per_passage(values: torch.Tensor, mask: torch.Tensor, n_passages: int, mean
 
 
 def passage_scores(model, encoded: BaseModelOutput | torch.Tensor, mask: torch.Tensor, n_passages: int,
-                   variant: Variant = "fid", labels: torch.Tensor | None = None) -> torch.Tensor:
+                   variant: Variant = "fid", labels: torch.Tensor | None = None,
+                   context: torch.Tensor | None = None) -> torch.Tensor:
     """The reader's relevance score of each passage, ``[B, k]`` float32 (see the module docstring).
 
     Args:
@@ -139,7 +151,10 @@ def passage_scores(model, encoded: BaseModelOutput | torch.Tensor, mask: torch.T
         n_passages: k.
         variant: fid (first decoded token, pre-softmax, mean over tokens) or atlas (value-norm weighted
             attention of the teacher-forced ``labels``, summed).
-        labels: ``[B, T]`` target ids, -100 for padding; atlas only.
+        labels: ``[B, T]`` target ids, -100 for padding; atlas and pdist.
+        context: pdist only: ``[B, k]`` bool, the passages read together with each scored passage
+            (those that hold no profile item, e.g. the separate layout's input passage); their own
+            score is computed like any other's (callers drop passages without an item).
     """
     if mask.dim() != 2 or n_passages < 1 or mask.shape[1] % n_passages:
         raise LaMPError(f"passage scores: a mask of shape {tuple(mask.shape)} is not k={n_passages} "
@@ -148,10 +163,12 @@ def passage_scores(model, encoded: BaseModelOutput | torch.Tensor, mask: torch.T
         logits, _ = cross_attention_logits(model, encoded, mask)
         per_token = torch.stack([x[:, :, 0] for x in logits]).mean(dim=(0, 2))  # [layers, B, H, k*L] -> [B, k*L]
         return _per_passage(per_token, mask, n_passages, mean=True)
-    if variant != "atlas":
-        raise LaMPError(f"unknown passage score variant {variant!r}; use fid or atlas")
+    if variant not in VARIANTS:
+        raise LaMPError(f"unknown passage score variant {variant!r}; use fid, atlas or pdist")
     if labels is None:
-        raise LaMPError("the atlas passage scores need the target labels (teacher forcing)")
+        raise LaMPError(f"the {variant} passage scores need the target labels (teacher forcing)")
+    if variant == "pdist":
+        return _pdist(model, encoded, mask, n_passages, labels, context)
     decoder_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
     logits, outputs = cross_attention_logits(model, encoded, mask, decoder_ids, names=("q", "k", "v"))
     targets = (labels != -100).float()  # [B, T]
@@ -163,6 +180,31 @@ def passage_scores(model, encoded: BaseModelOutput | torch.Tensor, mask: torch.T
         weighted = probs * v_norm[:, :, None, :] * targets[:, None, :, None]
         total += weighted.sum(dim=2).mean(dim=1)  # over targets, then heads -> [B, k*L]
     return _per_passage(total / len(logits), mask, n_passages, mean=False)
+
+
+@torch.no_grad()
+def _pdist(model, encoded: BaseModelOutput | torch.Tensor, mask: torch.Tensor, n_passages: int,
+           labels: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    """``[B, k]``: log-likelihood of ``labels`` with the decoder reading passage j (and ``context``)."""
+    hidden = encoded.last_hidden_state if isinstance(encoded, BaseModelOutput) else encoded
+    B = mask.shape[0]
+    tokens = mask.reshape(B, n_passages, -1).bool()  # [B, k*L] -> [B, k, L]
+    keep = torch.zeros(B, n_passages, dtype=torch.bool, device=mask.device) if context is None else context.bool()
+    if keep.shape != (B, n_passages):
+        raise LaMPError(f"pdist: context of shape {tuple(keep.shape)} for {B} examples of {n_passages} passages")
+    decoder_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
+    targets = labels != -100
+    states = BaseModelOutput(last_hidden_state=hidden)
+    out = torch.empty(B, n_passages, dtype=torch.float32, device=mask.device)
+    for j in range(n_passages):
+        read = keep.clone()
+        read[:, j] = True
+        sub = (tokens & read[:, :, None]).reshape(B, -1).to(mask.dtype)  # [B, k*L]
+        logits = model(encoder_outputs=states, attention_mask=sub, decoder_input_ids=decoder_ids,
+                       use_cache=False).logits.float()  # [B, T, V]
+        logp = logits.log_softmax(-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]  # [B, T]
+        out[:, j] = (logp * targets).sum(-1)
+    return out.masked_fill(~tokens.any(-1), -math.inf)
 
 
 def passage_item_ids(items: Sequence[Mapping], mode: str = "fid", layout: str = "official") -> list[str | None]:

@@ -53,11 +53,8 @@ def main() -> None:
     ranked = {ex.id: rk.item_ids(ex) for ex in dev}
     rand = {q: random.Random(q).sample(items, len(items)) for q, items in ranked.items()}
     overrides = [*settings["overrides"], "--data.retriever", retriever, "--data.encoder", encoder]
-    print(f"round {args.round} reader ({run_dir}), dev, {len(ranked)} questions, top {CANDIDATES}\n")
-    print(f"| order | recall@{K} of useful items | scoring wall time (s) |")
-    print("|---|---|---|")
-    print(f"| retriever ({retriever}) | {mean_recall_at_k(ranked, useful, K):.4f} | - |")
-    print(f"| random | {mean_recall_at_k(rand, useful, K):.4f} | - |")
+    rows = [f"| retriever ({retriever}) | {mean_recall_at_k(ranked, useful, K):.4f} | - |",
+            f"| random | {mean_recall_at_k(rand, useful, K):.4f} | - |"]
     out_dir = args.demo_dir / "score_variants"
     out_dir.mkdir(exist_ok=True)
     for variant in VARIANTS:
@@ -66,7 +63,9 @@ def main() -> None:
         score_split(run_dir, checkpoint, "dev", CANDIDATES, out, overrides, variant)
         seconds = time.time() - t
         recall = mean_recall_at_k(reader_order(read_scores(out), ranked), useful, K)
-        print(f"| reader's {variant} scores | {recall:.4f} | {seconds:.0f} |")
+        rows.append(f"| reader's {variant} scores | {recall:.4f} | {seconds:.0f} |")
+    print(f"\nround {args.round} reader ({run_dir}), dev, {len(ranked)} questions, top {CANDIDATES}\n")
+    print("\n".join([f"| order | recall@{K} of useful items | scoring wall time (s) |", "|---|---|---|", *rows]))
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def _verdict(words: list[dict], lamp2: list[dict] | None) -> list[str]:
     return lines
 
 
-def _plot(words: list[dict], lamp2: list[dict] | None, path: Path) -> bool:
+def _plot(words: list[dict], lamp2: list[dict] | None, path: Path, scores: str = "pdist") -> bool:
     from lamp_fid.report import _png, _pyplot
 
     plt = _pyplot()
@@ -123,7 +123,7 @@ def _plot(words: list[dict], lamp2: list[dict] | None, path: Path) -> bool:
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8)
-    fig.suptitle("FiD reader -> retriever distillation (higher is better)", fontsize=11)
+    fig.suptitle(f"FiD reader -> retriever distillation ({scores} scores; higher is better)", fontsize=11)
     fig.tight_layout()
     atomic_write(path, _png(fig), overwrite=True)
     plt.close(fig)
@@ -223,7 +223,7 @@ def demo_distill(output_dir: Path = Path("demo_runs/distill"), seed: int = 0, ro
                  for r in lamp2_rows]
         text.append("")
     text += [*verdict, "", f"Wall time: {wall:.0f} s ({', '.join(f'{k}: {v:.0f} s' for k, v in times.items())})."]
-    plotted = _plot(rows, lamp2_rows, output_dir / "demo_distill.png")
+    plotted = _plot(rows, lamp2_rows, output_dir / "demo_distill.png", scores)
     result = {"seed": seed, "threads": threads, "scores": scores, "words": rows, "lamp2": lamp2_rows,
               "verdict": verdict, "wall_s": wall, "times_s": times,
               "plot": str(output_dir / "demo_distill.png") if plotted else None,

@@ -167,6 +167,7 @@ def test_a_folder_of_other_files_is_left_alone(tmp_path, monkeypatch):
     ({"rounds": -1}, "--rounds"), ({"candidates": 0}, "--candidates"), ({"retriever": "recency"}, "--retriever"),
     ({"overrides": ["--data.k=8"]}, "the loop sets --data.k itself"), ({"steps": 0}, "steps must be >= 1"),
     ({"fit_config": Path("missing.yaml")}, "no such config file"),
+    ({"scores": "ropg"}, "--scores 'ropg': use fid, atlas or pdist"),
 ])
 def test_bad_options_are_one_line(tmp_path, monkeypatch, kwargs, words):
     fakes = Fakes(monkeypatch)

@@ -87,7 +87,7 @@ class FiDModule(LightningModule):
                 fewer than k items). Exact: the decoder never attends to those passages, and outputs
                 and losses are bit-identical in eval (benchmarks/RESULTS.md); in training only the
                 dropout draws differ. False encodes every passage.
-            passage_scores: validate/test/predict also score every passage by the reader's cross-attention
+            passage_scores: validate/test/predict also score every passage by the reader
                 (docs/distill.md): fid (first decoded token, pre-softmax, Izacard & Grave), atlas
                 (value-norm weighted attention of the gold target; needs outputs) or pdist (Atlas's
                 perplexity distillation: log-likelihood of the gold target reading that one passage;

@@ -103,7 +103,7 @@ def _verdict(words: list[dict], lamp2: list[dict] | None) -> list[str]:
     return lines
 
 
-def _plot(words: list[dict], lamp2: list[dict] | None, path: Path, scores: str = "pdist") -> bool:
+def _plot(words: list[dict], lamp2: list[dict] | None, path: Path, scores: str) -> bool:
     from lamp_fid.report import _png, _pyplot
 
     plt = _pyplot()

@@ -22,7 +22,8 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from lamp_fid.distill.collect import (STAGE_SPLIT, PassageScores, check_mode, items_of_batch, split_has_outputs,
                                       stage_split)
-from lamp_fid.distill.scores import VARIANTS as SCORE_VARIANTS, Scores, passage_scores as reader_passage_scores, scores_by_item
+from lamp_fid.distill.scores import (TEACHER_FORCED, VARIANTS as SCORE_VARIANTS, Scores,
+                                     passage_scores as reader_passage_scores, scores_by_item)
 from lamp_fid.distributed import gather_objects, merge_rank_outputs
 from lamp_fid.errors import LaMPError
 from lamp_fid.metrics import score
@@ -379,7 +380,7 @@ class FiDModule(LightningModule):
         check_mode(datamodule.hparams.mode)
         split = stage_split(datamodule, stage)
         variant = self.hparams.passage_scores
-        if variant in ("atlas", "pdist") and not split_has_outputs(datamodule.datasets[split]):
+        if variant in TEACHER_FORCED and not split_has_outputs(datamodule.datasets[split]):
             raise LaMPError(f"--model.passage_scores {variant} needs the gold outputs (teacher forcing) and the "
                             f"{split} split has none: use --model.passage_scores fid, or a split with outputs")
         self.passage_items = datamodule.passage_items(split)
@@ -392,7 +393,7 @@ class FiDModule(LightningModule):
         if not self._collecting():
             return [None] * len(ids)
         variant, labels = self.hparams.passage_scores, batch.get("labels")
-        if variant in ("atlas", "pdist") and labels is None:
+        if variant in TEACHER_FORCED and labels is None:
             raise LaMPError(f"--model.passage_scores {variant} needs the gold outputs (teacher forcing); this "
                             "split has none: use --model.passage_scores fid")
         if self.passage_items is None:

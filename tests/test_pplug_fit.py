@@ -15,7 +15,7 @@ from lamp_fid.data.module import LaMPDataModule
 from lamp_fid.model import FiDModule
 from lamp_fid.setting import RunSetting, is_baseline, passages_are_bare, split_mode
 from test_pplug import build_tiny_bert
-from tiny import build_tiny_t5
+from tiny import build_tiny_t5, write_lamp3_splits
 
 T5_DIR = Path(__file__).resolve().parents[2] / "shared/assets/flan-t5-small"
 
@@ -23,10 +23,8 @@ T5_DIR = Path(__file__).resolve().parents[2] / "shared/assets/flan-t5-small"
 @pytest.fixture(scope="module")
 def setup_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("pplug")
-    data = root / "data"
-    for split, n in (("train", 12), ("dev", 6), ("test", 5)):
-        # profile_size from 0: some users have no history (PersonaPlug's Proj(0) path)
-        write_fake_split(data, "LaMP_3", split, n, profile_size=(0, 5), words=(5, 12), seed=1)
+    # profile_size from 0: some users have no history (PersonaPlug's Proj(0) path)
+    data = write_lamp3_splits(root / "data", profile_size=(0, 5))
     return root, data, build_tiny_t5(root / "tiny"), build_tiny_bert(root / "bert")
 
 

@@ -9,10 +9,9 @@ from lightning.pytorch.cli import LightningCLI
 
 from lamp_fid import paper
 from lamp_fid.cli import main
-from lamp_fid.data.fake import write_fake_split
 from lamp_fid.paper import CONFIGS_DIR
 from lamp_fid.train import LaMPCLI
-from tests.tiny import build_tiny_t5
+from tests.tiny import build_tiny_t5, write_lamp3_splits
 
 CONFIGS = sorted(p for p in CONFIGS_DIR.glob("*_lamp*.yaml") if not p.name.startswith("demo"))
 DEMO_CONFIGS = sorted(CONFIGS_DIR.glob("demo_lamp*.yaml"))
@@ -21,9 +20,7 @@ DEMO_CONFIGS = sorted(CONFIGS_DIR.glob("demo_lamp*.yaml"))
 @pytest.fixture(scope="module")
 def setup_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    data = root / "data"
-    for split, n in (("train", 12), ("dev", 6), ("test", 5)):
-        write_fake_split(data, "LaMP_3", split, n, profile_size=(1, 5), words=(5, 12), seed=1)
+    data = write_lamp3_splits(root / "data")
     model = build_tiny_t5(root / "tiny")
     return root, data, model
 

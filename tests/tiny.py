@@ -112,3 +112,13 @@ def build_tiny_bert(path: str | Path, words: Iterable[str], *, hidden: int = 32,
         torch.manual_seed(seed)
         BertModel(config).save_pretrained(path)
     return path
+
+
+def write_lamp3_splits(data_dir: Path, profile_size: tuple[int, int] = (1, 5)) -> Path:
+    """Fake LaMP_3 train/dev/test files (12/6/5 questions, 5-12 words, seed 1) under ``data_dir``, the
+    small data set the CLI and PPlug fit tests train on; returns ``data_dir``."""
+    from lamp_fid.data.fake import write_fake_split
+
+    for split, n in (("train", 12), ("dev", 6), ("test", 5)):
+        write_fake_split(data_dir, "LaMP_3", split, n, profile_size=profile_size, words=(5, 12), seed=1)
+    return data_dir

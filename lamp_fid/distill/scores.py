@@ -44,7 +44,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from transformers.modeling_outputs import BaseModelOutput
@@ -53,7 +53,8 @@ from lamp_fid.errors import LaMPDataError, LaMPError
 from lamp_fid.io import atomic_open
 
 Variant = Literal["fid", "atlas", "pdist"]
-VARIANTS = ("fid", "atlas", "pdist")  #: the passage score kinds; atlas and pdist need the gold outputs
+VARIANTS: tuple[str, ...] = get_args(Variant)  #: the passage score kinds
+TEACHER_FORCED = ("atlas", "pdist")  #: the kinds that read the gold outputs (labels)
 Scores = dict[str, dict[str, float]]  #: question id -> profile item id -> score
 
 
